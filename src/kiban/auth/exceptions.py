@@ -1,0 +1,126 @@
+"""Authentication errors: each 401 names what failed and what usually causes it.
+
+Every ``AuthenticationError`` renders ``WWW-Authenticate: Bearer realm="kiban"`` and, for a bad
+token, ``error="invalid_token", error_description="…"`` (RFC 6750 §3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiban.core.errors import Forbidden, Unauthorized
+
+
+class AuthenticationError(Unauthorized):
+    invalid_token = True
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        challenge = 'Bearer realm="kiban"'
+        if self.invalid_token:
+            description = self.message.replace('"', "'")
+            challenge += f', error="invalid_token", error_description="{description}"'
+        self.headers.setdefault("WWW-Authenticate", challenge)
+
+
+class MissingCredentials(AuthenticationError):
+    code = "missing_credentials"
+    invalid_token = False
+    default_message = "No credentials were sent."
+    default_hint = "Send 'Authorization: Bearer <access token or kb_ API key>'."
+
+
+class MalformedToken(AuthenticationError):
+    code = "malformed_token"
+    default_message = "The token is not a well-formed JWT."
+    default_hint = "Send the access_token from /auth/token as is, without quotes or a second 'Bearer'."
+
+
+class InvalidSignature(AuthenticationError):
+    code = "invalid_signature"
+    default_message = "The token's signature does not match."
+    default_hint = (
+        "The token was signed with a different key or was altered. Compare the key fingerprint "
+        "in /healthz across instances: they must share KIBAN_SECRET_KEY or the key ring."
+    )
+
+
+class UnknownKeyId(AuthenticationError):
+    code = "unknown_key_id"
+    default_hint = (
+        "The key that signed this token is not in this server's key ring: it was rotated out, or "
+        "instances have different rings. Compare the key fingerprint in /healthz."
+    )
+
+    def __init__(self, kid: object) -> None:
+        super().__init__(f"The token's key id {kid!r} is not known to this server.")
+
+
+class AlgorithmNotAllowed(AuthenticationError):
+    code = "algorithm_not_allowed"
+    default_hint = "Tokens must be signed with the algorithm of the key named by their kid."
+
+    def __init__(self, alg: object, expected: str) -> None:
+        super().__init__(f"The token's algorithm {alg!r} is not allowed (expected {expected}).")
+
+
+class TokenExpired(AuthenticationError):
+    code = "token_expired"
+    default_message = "The token has expired."
+    default_hint = (
+        "Get a new access token with POST /auth/refresh. If it expired at once, check the clocks "
+        "of the issuing and verifying machines."
+    )
+
+
+class TokenNotYetValid(AuthenticationError):
+    code = "token_not_yet_valid"
+    default_message = "The token is not valid yet (nbf is in the future)."
+    default_hint = "The issuing machine's clock is ahead of this one: check NTP on both."
+
+
+class InvalidAudience(AuthenticationError):
+    code = "invalid_audience"
+    default_hint = "The token was issued for another service; check KIBAN_JWT_AUDIENCE."
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(f"The token's audience is not {expected!r}.")
+
+
+class InvalidIssuer(AuthenticationError):
+    code = "invalid_issuer"
+    default_hint = "The token was issued by another service; check KIBAN_JWT_ISSUER."
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(f"The token's issuer is not {expected!r}.")
+
+
+class TokenRevoked(AuthenticationError):
+    code = "token_revoked"
+    default_message = "The token has been revoked."
+    default_hint = "Sign in again."
+
+
+class UserInactive(AuthenticationError):
+    code = "user_inactive"
+    default_message = "This account is deactivated."
+    default_hint = "Ask an administrator to reactivate it."
+
+
+class UserNotFound(AuthenticationError):
+    code = "user_not_found"
+    default_message = "The token's user does not exist."
+    default_hint = "The account was deleted, or the token comes from another database."
+
+
+class InvalidApiKey(AuthenticationError):
+    code = "invalid_api_key"
+    default_message = "The API key is not valid."
+    default_hint = "The key was revoked or mistyped; create a new one with POST /auth/api-keys."
+
+
+class RoleRequired(Forbidden):
+    code = "role_required"
+
+    def __init__(self, role: str) -> None:
+        super().__init__(f"This needs the {role!r} role.", extra={"required_role": role})

@@ -1,0 +1,71 @@
+"""The `kiban` command."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from kiban.settings import ConfigurationError, Settings
+
+app = typer.Typer(help="kiban: accounts, billing, a metered AI gateway and grounded answers.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    reload: bool = typer.Option(False, help="Reload on code changes (development)."),
+) -> None:
+    """Serve the API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    settings = Settings()
+    try:
+        from kiban.app import create_app
+
+        create_app(settings)  # fail fast, with the fix, before uvicorn starts workers
+    except ConfigurationError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"kiban serving on http://{host}:{port} (docs at http://{host}:{port}/docs)")
+    uvicorn.run(
+        "kiban.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        reload=reload,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def migrate(revision: str = typer.Argument("heads", help="Target revision.")) -> None:
+    """Apply database migrations (KIBAN_DATABASE_URL)."""
+    from kiban.core.db import create_engine
+    from kiban.core.migrations import upgrade
+
+    settings = Settings()
+
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await upgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    typer.echo(f"migrated {settings.database_url.split('@')[-1]} to {revision}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,65 @@
+"""Alembic, driven from code: `kiban migrate`, /readyz and the tests use the same functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import kiban
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory: packaged in the wheel, or the source tree's `migrations/`."""
+    package_dir = Path(kiban.__file__).resolve().parent
+    for candidate in (package_dir / "_migrations", package_dir.parents[1] / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("kiban's migrations directory was not found")
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if database_url:
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+
+    @property
+    def at_head(self) -> bool:
+        return set(self.current) == set(self.heads)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"current": list(self.current), "head": list(self.heads), "at_head": self.at_head}
+
+
+def migration_status(connection: Connection) -> MigrationStatus:
+    """Where the database's schema is, against the newest migrations."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return MigrationStatus(tuple(sorted(current)), tuple(sorted(heads)))
+
+
+def _upgrade(connection: Connection, target: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, target)
+
+
+async def upgrade(engine: AsyncEngine, target: str = "heads") -> None:
+    """Apply migrations up to `target` on the engine's database."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade, target)

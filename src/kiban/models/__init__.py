@@ -1,0 +1,6 @@
+"""ORM models, one module per table family. Importing this package registers every table."""
+
+from kiban.models.base import Base
+from kiban.models.user import Role, User
+
+__all__ = ["Base", "Role", "User"]

@@ -1,0 +1,29 @@
+import httpx
+
+
+async def test_healthz_reports_version_and_key_fingerprint(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert len(body["jwt"]["key_fingerprint"]) == 16
+    assert response.headers["x-request-id"]
+
+
+async def test_readyz_reports_migrations_at_head(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["migrations"]["at_head"] is True
+
+
+async def test_request_id_is_echoed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+async def test_unknown_route_uses_error_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nope", headers={"X-Request-ID": "rid-1"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "not_found"
+    assert error["request_id"] == "rid-1"
