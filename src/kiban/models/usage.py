@@ -1,0 +1,58 @@
+"""The usage ledger: one row for every AI request, whatever happened to it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Numeric, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kiban.core import clock
+from kiban.models.base import Base, BigIntPK
+
+
+class UsageStatus(StrEnum):
+    OK = "ok"
+    NO_CONTEXT = "no_context"  # grounded request with nothing relevant: answered without a model
+    ERROR = "error"
+    CANCELLED = "cancelled"  # the client went away mid-stream
+    REJECTED = "rejected"  # refused before any provider call (quota, rate limit, plan)
+
+
+class UsageRecord(Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
+        Index("ix_usage_records_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    plan: Mapped[str | None] = mapped_column(String(64), default=None)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    provider: Mapped[str] = mapped_column(String(64))
+    streamed: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Exact decimal USD; NULL when the model has no price (never a silent 0).
+    estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(20, 10), default=None)
+    response_time_ms: Mapped[float] = mapped_column(default=0.0)
+    time_to_first_token_ms: Mapped[float | None] = mapped_column(default=None)
+    source_ids: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # Kept according to the content policy (full, truncated, none).
+    prompt_text: Mapped[str | None] = mapped_column(Text, default=None)
+    response_text: Mapped[str | None] = mapped_column(Text, default=None)
