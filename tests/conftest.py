@@ -33,6 +33,15 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PG_URL = os.environ.get("KIBAN_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("KIBAN_TEST_REDIS_URL")
 DEFAULT_PASSWORD = "correct horse battery staple"
+# CI sets this: a backend that would be skipped is a failure there, never a silent skip.
+REQUIRE_ALL = os.environ.get("KIBAN_TEST_REQUIRE_ALL") == "1"
+
+
+def skip_unless_required(reason: str) -> None:
+    """Skip (loudly) where a service is not configured; fail instead when CI requires everything."""
+    if REQUIRE_ALL:
+        pytest.fail(f"{reason} (KIBAN_TEST_REQUIRE_ALL=1)")
+    pytest.skip(reason)
 
 
 def pytest_report_header() -> list[str]:
@@ -66,7 +75,7 @@ class PostgresDatabase:
 
     async def get(self) -> str:
         if not PG_URL:
-            pytest.skip("KIBAN_TEST_DATABASE_URL is not set")
+            skip_unless_required("KIBAN_TEST_DATABASE_URL is not set")
         if self.url is None:
             admin = create_async_engine(make_url(PG_URL), isolation_level="AUTOCOMMIT")
             async with admin.connect() as conn:
@@ -133,7 +142,8 @@ async def database_url(
 @pytest.fixture
 def redis_url() -> str:
     if not REDIS_URL:
-        pytest.skip("KIBAN_TEST_REDIS_URL is not set")
+        skip_unless_required("KIBAN_TEST_REDIS_URL is not set")
+    assert REDIS_URL
     return REDIS_URL
 
 
