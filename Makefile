@@ -2,18 +2,20 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# uv from PATH, or bootstrapped with pip into .tools/ (kept apart from .venv, which `uv pip sync`
+# keeps exactly equal to the lock).
 UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
-UV := $(VENV)/bin/uv
+UV := .tools/bin/uv
 endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: install run test lint format migrate bench lock clean
 
-$(VENV)/bin/uv:
-	python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml | $(UV)
 	@test -x $(PY) || $(UV) venv --quiet --python python3 $(VENV)
@@ -49,4 +51,4 @@ lock:  ## re-lock exact versions after editing requirements*.in
 	$(UV) pip compile --quiet --no-header --python-version 3.11 requirements-dev.in -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
