@@ -1,8 +1,8 @@
 """Test fixtures: real databases (a SQLite file, and PostgreSQL when configured), the real app.
 
-Every test that takes ``database_url`` (directly or through ``app``/``client``/``session``) runs once
-per backend: ``sqlite`` always, ``postgres`` when ``KIBAN_TEST_DATABASE_URL`` is set (otherwise it is
-skipped, loudly). Each test sees an empty, fully migrated database.
+Every test that takes ``database_url`` (directly or through ``app``/``client``/``session``) runs
+once per backend: ``sqlite`` always, ``postgres`` when ``KIBAN_TEST_DATABASE_URL`` is set
+(otherwise it is skipped, loudly). Each test sees an empty, fully migrated database.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def skip_unless_required(reason: str) -> None:
 
 def pytest_report_header() -> list[str]:
     lines = []
-    lines.append(f"postgres: {PG_URL or 'NOT SET (KIBAN_TEST_DATABASE_URL): postgres tests skipped'}")
+    lines.append(
+        f"postgres: {PG_URL or 'NOT SET (KIBAN_TEST_DATABASE_URL): postgres tests skipped'}"
+    )
     lines.append(f"redis: {REDIS_URL or 'NOT SET (KIBAN_TEST_REDIS_URL): redis tests skipped'}")
     return lines
 
@@ -67,7 +69,7 @@ async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class PostgresDatabase:
-    """This test run's own PostgreSQL database: created and migrated on first use, dropped at the end."""
+    """This run's own PostgreSQL database: created and migrated on first use, dropped at the end."""
 
     def __init__(self) -> None:
         self.url: str | None = None
@@ -108,13 +110,17 @@ async def _truncate_postgres(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
         tables = (
-            await conn.execute(
-                text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tablename <> 'alembic_version'"
+            (
+                await conn.execute(
+                    text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                        "AND tablename <> 'alembic_version'"
+                    )
                 )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         if tables:
             names = ", ".join(f'"{t}"' for t in tables)
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
@@ -278,4 +284,4 @@ def admin_headers(app: FastAPI, admin: User) -> dict[str, str]:
 def _no_dev_secret_in_repo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Settings() built inside code under test must not read the developer's .env or key file.
     monkeypatch.setenv("KIBAN_ENV", "test")
-    yield
+    return

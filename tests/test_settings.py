@@ -20,7 +20,9 @@ def make(tmp_path: Path, **values: object) -> Settings:
         ("short-secret", "too short"),
     ],
 )
-def test_production_refuses_weak_signing_key(tmp_path: Path, secret: str | None, reason: str) -> None:
+def test_production_refuses_weak_signing_key(
+    tmp_path: Path, secret: str | None, reason: str
+) -> None:
     settings = make(tmp_path, env="production", secret_key=secret)
     with pytest.raises(ConfigurationError, match=reason) as info:
         create_app(settings)
@@ -34,9 +36,11 @@ def test_production_accepts_strong_key(tmp_path: Path) -> None:
 
 def test_development_generates_a_key_file_once(tmp_path: Path) -> None:
     first, note = make(tmp_path).signing_secret()
-    assert note is not None and ".kiban-secret" in note
+    assert note is not None
+    assert ".kiban-secret" in note
     second, note_again = make(tmp_path).signing_secret()
-    assert first == second and note_again is None
+    assert first == second
+    assert note_again is None
     assert (tmp_path / ".kiban-secret").stat().st_mode & 0o077 == 0
 
 

@@ -36,7 +36,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             # Domain services start here, in dependency order; each registers its own cleanup.
-            log.info("started", version=__version__, env=settings.env, database=engine.url.render_as_string())
+            log.info(
+                "started",
+                version=__version__,
+                env=settings.env,
+                database=engine.url.render_as_string(),
+            )
             yield
         log.info("stopped")
 
@@ -51,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyring = keyring
+    app.state.key_note = key_note
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

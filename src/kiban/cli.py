@@ -8,8 +8,11 @@ import typer
 
 from kiban.settings import ConfigurationError, Settings
 
-app = typer.Typer(help="kiban: accounts, billing, a metered AI gateway and grounded answers.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="kiban: accounts, billing, a metered AI gateway and grounded answers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.command()
@@ -26,10 +29,13 @@ def serve(
     try:
         from kiban.app import create_app
 
-        create_app(settings)  # fail fast, with the fix, before uvicorn starts workers
+        # Fail fast, with the fix, before uvicorn starts workers.
+        key_note = create_app(settings).state.key_note
     except ConfigurationError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
+    if key_note:
+        typer.secho(f"note: {key_note}", fg="yellow")
     typer.echo(f"kiban serving on http://{host}:{port} (docs at http://{host}:{port}/docs)")
     uvicorn.run(
         "kiban.app:create_app",

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
 
 _SECRET_FIX = (
     "Set it to a random value of at least 32 characters, for example: "
-    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"  # noqa: S105 (advice)
 )
 
 

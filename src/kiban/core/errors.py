@@ -21,6 +21,7 @@ Hierarchy (domain packages subclass these in their own ``exceptions.py``)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -128,7 +129,7 @@ class ServiceUnavailable(AppError):
 
 
 def error_response(
-    status_code: int, error: dict[str, Any], headers: dict[str, str] | None = None
+    status_code: int, error: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
     """Render the one error shape, with the request id filled in."""
     error.setdefault("request_id", current_request_id())

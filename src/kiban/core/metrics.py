@@ -21,11 +21,16 @@ HTTP_LATENCY = Histogram(
     registry=REGISTRY,
 )
 AI_REQUESTS = Counter(
-    "kiban_ai_requests_total", "AI requests by outcome.", ["model", "endpoint", "status"],
+    "kiban_ai_requests_total",
+    "AI requests by outcome.",
+    ["model", "endpoint", "status"],
     registry=REGISTRY,
 )
 AI_TOKENS = Counter(
-    "kiban_ai_tokens_total", "Tokens used.", ["model", "kind"], registry=REGISTRY  # kind: prompt|completion
+    "kiban_ai_tokens_total",
+    "Tokens used.",
+    ["model", "kind"],
+    registry=REGISTRY,  # kind: prompt|completion
 )
 AI_COST = Counter("kiban_ai_cost_usd_total", "Estimated cost in USD.", ["model"], registry=REGISTRY)
 AI_TTFT = Histogram(
@@ -51,8 +56,10 @@ LEDGER_DROPPED = Counter(
     "kiban_ledger_records_dropped_total", "Usage records dropped (must stay 0).", registry=REGISTRY
 )
 QUOTA_REJECTIONS = Counter(
-    "kiban_quota_rejections_total", "Requests refused by plans, quotas and rate limits.",
-    ["reason"], registry=REGISTRY,
+    "kiban_quota_rejections_total",
+    "Requests refused by plans, quotas and rate limits.",
+    ["reason"],
+    registry=REGISTRY,
 )
 WEBHOOK_EVENTS = Counter(
     "kiban_webhook_events_total", "Stripe webhook events.", ["type", "outcome"], registry=REGISTRY

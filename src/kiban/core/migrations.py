@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,16 @@ class MigrationStatus:
         return {"current": list(self.current), "head": list(self.heads), "at_head": self.at_head}
 
 
+@lru_cache(maxsize=1)
+def script_heads() -> tuple[str, ...]:
+    """The newest revisions shipped with this code (read once: they cannot change at run time)."""
+    return tuple(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
+
+
 def migration_status(connection: Connection) -> MigrationStatus:
     """Where the database's schema is, against the newest migrations."""
     current = MigrationContext.configure(connection).get_current_heads()
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    return MigrationStatus(tuple(sorted(current)), tuple(sorted(heads)))
+    return MigrationStatus(tuple(sorted(current)), script_heads())
 
 
 def include_object(
