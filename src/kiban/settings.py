@@ -91,12 +91,12 @@ class Settings(BaseSettings):
             value = self.secret_key.get_secret_value()
             problem = secret_problem(value)
             if problem and self.env == "production":
-                raise ConfigurationError(f"KIBAN_SECRET_KEY {problem}. {_SECRET_FIX}")
+                raise ConfigurationError(f"KIBAN_SECRET_KEY {problem}. {_KEY_ADVICE}")
             return value, None
         if self.env == "production":
             if self.jwt_keys_file is not None:
                 return "", None
-            raise ConfigurationError(f"KIBAN_SECRET_KEY is not set. {_SECRET_FIX}")
+            raise ConfigurationError(f"KIBAN_SECRET_KEY is not set. {_KEY_ADVICE}")
         path = self.dev_secret_file
         if path.exists():
             return path.read_text().strip(), None
@@ -106,9 +106,9 @@ class Settings(BaseSettings):
         return value, f"generated a development signing key in {path} (git-ignored)"
 
 
-_SECRET_FIX = (
+_KEY_ADVICE = (
     "Set it to a random value of at least 32 characters, for example: "
-    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"  # noqa: S105 (advice)
+    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 )
 
 
