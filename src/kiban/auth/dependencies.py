@@ -1,4 +1,4 @@
-"""Typed dependencies: ``CurrentPrincipal``, ``CurrentUser``, ``AdminUser``, ``KeyRingDep``."""
+"""Typed dependencies: `CurrentPrincipal`, `CurrentUser`, `AdminUser`, `TokenUser` and friends."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.auth import exceptions as exc
+from kiban.auth.api_keys import authenticate_api_key, looks_like_api_key
 from kiban.auth.keys import KeyRing
 from kiban.auth.tokens import verify_access_token
 from kiban.core.db import SessionDep
@@ -16,18 +19,31 @@ from kiban.models import User
 from kiban.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_keyring(request: Request) -> KeyRing:
+async def get_keyring(request: Request) -> KeyRing:
     keyring: KeyRing = request.app.state.keyring
     return keyring
 
 
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    return sessionmaker
+
+
+# Plain values read from app.state: `async def` so FastAPI calls them inline rather than sending
+# each through its thread pool (this is every authenticated request's hot path).
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
+# For writes that must commit on their own (throttling, theft detection, API key last use).
+SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+
+# Declares the scheme in OpenAPI so Swagger's Authorize button signs in through /auth/token; it
+# never raises itself (auto_error=False): ``bearer_credentials`` below says precisely what is wrong.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,10 @@ class Principal:
         return self.api_key_id is not None
 
 
-def bearer_credentials(request: Request) -> str:
+async def bearer_credentials(
+    request: Request, _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None
+) -> str:
+    """The bearer credential of the request, or a 401 saying what is wrong with the header."""
     header = request.headers.get("authorization")
     if not header:
         raise exc.MissingCredentials()
@@ -55,18 +74,29 @@ def bearer_credentials(request: Request) -> str:
 
 
 async def get_principal(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
+    request: Request,
+    token: Annotated[str, Depends(bearer_credentials)],
+    session: SessionDep,
+    settings: SettingsDep,
+    keyring: KeyRingDep,
+    sessionmaker: SessionmakerDep,
 ) -> Principal:
-    """Authenticate the request by access token (JWT) or API key."""
-    token = bearer_credentials(request)
-    claims = verify_access_token(keyring, settings, token)
-    user = await session.get(User, claims.sub)
-    if user is None:
-        raise exc.UserNotFound()
-    if not user.is_active:
-        raise exc.UserInactive()
-    principal = Principal(user=user)
-    request.scope.setdefault("state", {})["user_id"] = str(user.id)
+    """Authenticate the request by access token (JWT) or API key (``kb_…``)."""
+    if looks_like_api_key(token):
+        key, user = await authenticate_api_key(session, sessionmaker, token)
+        principal = Principal(user=user, api_key_id=key.id)
+    else:
+        claims = verify_access_token(keyring, settings, token)
+        found = await session.get(User, claims.sub)
+        if found is None:
+            raise exc.UserNotFound()
+        if not found.is_active:
+            raise exc.UserInactive()
+        principal = Principal(user=found)
+    state = request.scope.setdefault("state", {})
+    state["user_id"] = str(principal.user.id)
+    if principal.api_key_id is not None:
+        state.setdefault("log_fields", {})["api_key_id"] = str(principal.api_key_id)
     return principal
 
 
@@ -80,6 +110,14 @@ async def get_admin_user(user: Annotated[User, Depends(get_current_user)]) -> Us
     return user
 
 
+async def get_token_user(principal: Annotated[Principal, Depends(get_principal)]) -> User:
+    """The user, signed in with an access token: key and password management refuse API keys."""
+    if principal.via_api_key:
+        raise exc.AccessTokenRequired()
+    return principal.user
+
+
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin_user)]
+TokenUser = Annotated[User, Depends(get_token_user)]

@@ -2,13 +2,39 @@
 
 Every ``AuthenticationError`` renders ``WWW-Authenticate: Bearer realm="kiban"`` and, for a bad
 token, ``error="invalid_token", error_description="…"`` (RFC 6750 §3).
+
+Hierarchy::
+
+    Unauthorized (401)
+    └── AuthenticationError
+        ├── MissingCredentials       missing_credentials   (no error= in the challenge)
+        ├── MalformedToken           malformed_token
+        ├── InvalidSignature         invalid_signature
+        ├── UnknownKeyId             unknown_key_id
+        ├── AlgorithmNotAllowed      algorithm_not_allowed
+        ├── TokenExpired             token_expired
+        ├── TokenNotYetValid         token_not_yet_valid
+        ├── InvalidAudience          invalid_audience
+        ├── InvalidIssuer            invalid_issuer
+        ├── TokenRevoked             token_revoked (refresh.FamilyRevoked: a replay)
+        ├── UserInactive             user_inactive
+        ├── UserNotFound             user_not_found
+        ├── InvalidApiKey            invalid_api_key
+        └── InvalidCredentials       invalid_credentials   (/auth/token; no error= either)
+    Forbidden (403)
+    ├── RoleRequired                 role_required         (``required_role`` in the body)
+    ├── AccessTokenRequired          access_token_required (an API key managing keys/password)
+    └── WrongPassword                wrong_password
+    NotFound (404) ── ApiKeyNotFound api_key_not_found
+    Conflict (409) ── EmailTaken     email_taken
+    TooManyRequests (429) ── TooManyAttempts  too_many_attempts (Retry-After, ``retry_after``)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kiban.core.errors import Forbidden, Unauthorized
+from kiban.core.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
 
 
 class AuthenticationError(Unauthorized):
@@ -33,7 +59,9 @@ class MissingCredentials(AuthenticationError):
 class MalformedToken(AuthenticationError):
     code = "malformed_token"
     default_message = "The token is not a well-formed JWT."
-    default_hint = "Send the access_token from /auth/token as is, without quotes or a second 'Bearer'."
+    default_hint = (
+        "Send the access_token from /auth/token as is, without quotes or a second 'Bearer'."
+    )
 
 
 class InvalidSignature(AuthenticationError):
@@ -53,7 +81,10 @@ class UnknownKeyId(AuthenticationError):
     )
 
     def __init__(self, kid: object) -> None:
-        super().__init__(f"The token's key id {kid!r} is not known to this server.")
+        if kid is None:
+            super().__init__("The token has no key id (kid header); this server requires one.")
+        else:
+            super().__init__(f"The token's key id {kid!r} is not known to this server.")
 
 
 class AlgorithmNotAllowed(AuthenticationError):
@@ -120,7 +151,49 @@ class InvalidApiKey(AuthenticationError):
 
 
 class RoleRequired(Forbidden):
-    code = "role_required"
+    code = "role_required"  # the body names the role in `required_role`
 
     def __init__(self, role: str) -> None:
         super().__init__(f"This needs the {role!r} role.", extra={"required_role": role})
+
+
+class AccessTokenRequired(Forbidden):
+    code = "access_token_required"
+    default_message = "API keys cannot manage API keys or passwords."
+    default_hint = "Sign in with POST /auth/token and use the access token for this request."
+
+
+class InvalidCredentials(AuthenticationError):
+    code = "invalid_credentials"
+    invalid_token = False
+    # One message for an unknown email and a wrong password: it must not reveal which it was.
+    default_message = "The email or password is not correct."
+    default_hint = "Check both; after repeated failures sign-in is paused for a while."
+
+
+class TooManyAttempts(TooManyRequests):
+    code = "too_many_attempts"
+    default_message = "Too many failed sign-in attempts."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            hint=f"Wait {retry_after} seconds before trying again.",
+            headers={"Retry-After": str(retry_after)},
+            extra={"retry_after": retry_after},
+        )
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+    default_message = "An account with this email already exists."
+    default_hint = "Sign in with POST /auth/token instead, or use another email."
+
+
+class WrongPassword(Forbidden):
+    code = "wrong_password"
+    default_message = "The current password is not correct."
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+    default_message = "You have no active API key with this id."

@@ -1,0 +1,162 @@
+"""API keys: ``kb_<lookup_id>_<secret>``, stored as a SHA-256, found by one indexed lookup.
+
+The key carries 256 bits of randomness, so a fast hash is the right one: nobody can guess a
+preimage, and the gateway's hot path pays for one SHA-256 and one indexed read, never for
+Argon2. ``last_used_at`` is written at most once a minute per key, in a short transaction of its
+own, off the request path, so a busy key does not turn every request into a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+
+from kiban.auth import exceptions as exc
+from kiban.core import clock
+from kiban.core.db import session_scope
+from kiban.models import ApiKey, User
+
+API_KEY_PREFIX = "kb_"
+LOOKUP_ID_LENGTH = 12
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+log = structlog.get_logger("kiban.auth")
+_pending: set[asyncio.Task[None]] = set()
+_touching: set[uuid.UUID] = set()
+KEY_SHAPE = re.compile(rf"^kb_([0-9a-f]{{{LOOKUP_ID_LENGTH}}})_([A-Za-z0-9_-]{{32,128}})$")
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A freshly created key: ``plaintext`` is shown once and never stored."""
+
+    record: ApiKey
+    plaintext: str
+
+
+def looks_like_api_key(credential: str) -> bool:
+    """Whether a bearer credential is meant as an API key (rather than a JWT)."""
+    return credential.startswith(API_KEY_PREFIX)
+
+
+def hash_api_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def generate_api_key() -> tuple[str, str]:
+    """A new key's (lookup_id, plaintext)."""
+    lookup_id = secrets.token_hex(LOOKUP_ID_LENGTH // 2)
+    return lookup_id, f"{API_KEY_PREFIX}{lookup_id}_{secrets.token_urlsafe(32)}"
+
+
+async def create_api_key(session: AsyncSession, user: User, name: str) -> NewApiKey:
+    """Create a key for the user; the plaintext is returned once."""
+    lookup_id, plaintext = generate_api_key()
+    record = ApiKey(
+        user_id=user.id, name=name, lookup_id=lookup_id, key_hash=hash_api_key(plaintext)
+    )
+    session.add(record)
+    await session.flush()
+    return NewApiKey(record=record, plaintext=plaintext)
+
+
+async def list_api_keys(session: AsyncSession, user: User) -> list[ApiKey]:
+    """The user's keys that are not revoked, newest first."""
+    rows = await session.scalars(
+        select(ApiKey)
+        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.created_at.desc())
+    )
+    return list(rows)
+
+
+async def revoke_api_key(session: AsyncSession, user: User, key_id: uuid.UUID) -> bool:
+    """Revoke one of the user's keys; False when the user has no such live key."""
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=clock.now())
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def authenticate_api_key(
+    session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession], plaintext: str
+) -> tuple[ApiKey, User]:
+    """The key and its user, or ``InvalidApiKey`` / ``UserInactive``."""
+    match = KEY_SHAPE.match(plaintext)
+    if match is None:
+        raise exc.InvalidApiKey("The API key is not well formed (expected kb_<id>_<secret>).")
+    row = (
+        await session.execute(
+            select(ApiKey, User)
+            .join(User, User.id == ApiKey.user_id)
+            .where(ApiKey.lookup_id == match.group(1))
+        )
+    ).first()
+    # Compare even when the key is unknown, so timing does not reveal which lookup ids exist.
+    stored = row[0].key_hash if row is not None else "0" * 64
+    matches = hmac.compare_digest(stored, hash_api_key(plaintext))
+    if row is None or not matches:
+        raise exc.InvalidApiKey()
+    key, user = row
+    if key.revoked_at is not None:
+        raise exc.InvalidApiKey("The API key has been revoked.")
+    if not user.is_active:
+        raise exc.UserInactive()
+    _schedule_touch(sessionmaker, key)
+    return key, user
+
+
+def _schedule_touch(sessionmaker: async_sessionmaker[AsyncSession], key: ApiKey) -> None:
+    now = clock.now()
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    key_id = key.id  # not key.id in the callback: a rollback may have expired the object by then
+    if key_id in _touching:  # a burst of requests with one key schedules one write
+        return
+    # Off the request path, in its own short transaction: the request's session may stay open for
+    # a long AI call (on SQLite a write in it would hold the one write lock all that time), and a
+    # second connection taken while the request holds one could exhaust the pool under load.
+    _touching.add(key_id)
+    task = asyncio.create_task(_touch(sessionmaker, key_id, now))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    task.add_done_callback(lambda _: _touching.discard(key_id))
+    # Reflect the write without making the request's session flush it again.
+    set_committed_value(key, "last_used_at", now)
+
+
+async def _touch(
+    sessionmaker: async_sessionmaker[AsyncSession], key_id: uuid.UUID, now: datetime
+) -> None:
+    threshold = now - LAST_USED_RESOLUTION
+    try:
+        # The WHERE makes concurrent processes write once per interval between them.
+        async with session_scope(sessionmaker) as session:
+            await session.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.id == key_id,
+                    or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < threshold),
+                )
+                .values(last_used_at=now)
+            )
+    except Exception as e:  # last use is informational: never fail anything over it
+        log.warning("api_key_last_used_not_recorded", api_key_id=str(key_id), error=repr(e))
+
+
+async def wait_for_touches() -> None:
+    """Let pending last-used writes finish (app shutdown, tests)."""
+    while _pending:
+        await asyncio.gather(*_pending, return_exceptions=True)

@@ -1,0 +1,129 @@
+"""Refresh tokens: opaque, stored as SHA-256, rotated on every use, revoked by family on reuse.
+
+A sign-in starts a family. ``rotate`` revokes the presented token with a conditional UPDATE
+(``… WHERE revoked_at IS NULL``) and issues its successor only if that UPDATE changed a row, so two
+concurrent refreshes with the same token cannot both succeed. The loser, like anyone presenting
+an already-rotated token, is treated as a thief: the whole family is revoked, which signs out
+both the attacker and the victim (who signs in again). That revocation must survive the 401, so
+``rotate`` raises ``FamilyRevoked``, which the router commits before it answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.auth import exceptions as exc
+from kiban.core import clock
+from kiban.models import RefreshToken, User
+from kiban.settings import Settings
+
+ROTATED = "rotated"
+REUSE_DETECTED = "reuse_detected"
+LOGOUT = "logout"
+PASSWORD_CHANGED = "password_changed"  # noqa: S105 (a reason, not a password)
+DEACTIVATED = "deactivated"
+
+
+class FamilyRevoked(exc.TokenRevoked):
+    """A rotated token was presented again; its family has just been revoked (commit it)."""
+
+    default_message = "This refresh token was already used; every session it belongs to is revoked."
+    default_hint = (
+        "A refresh token works once. Presenting it twice looks like theft, so all tokens of this "
+        "sign-in were revoked: sign in again. Clients must store the new refresh token each time."
+    )
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue(
+    session: AsyncSession, settings: Settings, user: User, family_id: uuid.UUID | None = None
+) -> str:
+    """A new refresh token for the user, in a new family unless one is given."""
+    token = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            user_id=user.id,
+            family_id=family_id or uuid.uuid4(),
+            token_hash=hash_refresh_token(token),
+            expires_at=clock.now() + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        )
+    )
+    await session.flush()
+    return token
+
+
+async def find(session: AsyncSession, token: str) -> RefreshToken | None:
+    """The stored record of a refresh token, whatever its state."""
+    return await session.scalar(
+        select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(token))
+    )
+
+
+async def rotate(session: AsyncSession, settings: Settings, token: str) -> tuple[User, str]:
+    """Spend a refresh token: its user and the next token of its family."""
+    record = await find(session, token)
+    if record is None:
+        raise exc.TokenRevoked(
+            "This refresh token is not known: it was never issued here, or it expired long ago."
+        )
+    if record.revoked_at is not None:
+        if record.revoked_reason == ROTATED:
+            await revoke_family(session, record.family_id, REUSE_DETECTED)
+            raise FamilyRevoked()
+        raise exc.TokenRevoked(f"This refresh token was revoked ({record.revoked_reason}).")
+    if record.expires_at <= clock.now():
+        raise exc.TokenExpired("The refresh token has expired.", hint="Sign in again.")
+    user = await session.get(User, record.user_id)
+    if user is None:
+        raise exc.UserNotFound()
+    if not user.is_active:
+        raise exc.UserInactive()
+    spent = await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == record.id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=clock.now(), revoked_reason=ROTATED)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(spent, "rowcount", 0) != 1:
+        # Another request spent it between our read and our write: the same token twice.
+        await revoke_family(session, record.family_id, REUSE_DETECTED)
+        raise FamilyRevoked()
+    return user, await issue(session, settings, user, record.family_id)
+
+
+async def revoke_family(session: AsyncSession, family_id: uuid.UUID, reason: str) -> int:
+    """Revoke every live token of a family; the number revoked."""
+    result = await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=clock.now(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0))
+
+
+async def revoke_user(session: AsyncSession, user_id: uuid.UUID, reason: str) -> int:
+    """Revoke every live refresh token of a user (password change, deactivation)."""
+    result = await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=clock.now(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0))
+
+
+async def logout(session: AsyncSession, token: str) -> None:
+    """Revoke the sign-in (the family) the token belongs to; unknown tokens are ignored."""
+    record = await find(session, token)
+    if record is not None:
+        await revoke_family(session, record.family_id, LOGOUT)
