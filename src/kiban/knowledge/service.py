@@ -6,10 +6,21 @@ the user may see, each marked whether it passes the relevance threshold.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+import weakref
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.knowledge.analyzer import analyzer
+from kiban.knowledge.gate import GateConfig
+from kiban.knowledge.ranking import profile_query, rank, visible_scopes
+from kiban.settings import Settings
+
+SNIPPET_CHARS = 200
+MAX_TOP_K = 50
 
 
 @dataclass(frozen=True)
@@ -33,9 +44,72 @@ class Retrieval:
         return [c for c in self.chunks if c.relevant]
 
 
+# The gate each app configured for its database (set at startup from its settings); a session on
+# any other engine (scripts, benchmarks) uses the default.
+_gates: weakref.WeakKeyDictionary[Engine, GateConfig] = weakref.WeakKeyDictionary()
+
+
+def default_gate() -> GateConfig:
+    """The calibrated relevance gate."""
+    return GateConfig()
+
+
+def configure_gate(engine: Engine, gate: GateConfig) -> None:
+    """Use `gate` for retrievals on `engine` (the app does this from its settings at startup)."""
+    _gates[engine] = gate
+
+
+async def start(engine: Engine, settings: Settings) -> None:
+    """At app startup: the gate from the settings; the Sudachi dictionary loaded off the loop."""
+    configure_from_settings(engine, settings)
+    await asyncio.to_thread(analyzer().warm_up)
+
+
+def configure_from_settings(engine: Engine, settings: Settings) -> None:
+    """Configure the relevance gate for an app's engine from its settings."""
+    configure_gate(
+        engine,
+        GateConfig(
+            threshold=settings.knowledge_relevance_threshold,
+            threshold_japanese=settings.knowledge_relevance_threshold_japanese,
+        ),
+    )
+
+
+def gate_for(session: AsyncSession) -> GateConfig:
+    """The relevance gate configured for the session's database."""
+    return _gates.get(session.get_bind().engine) or default_gate()
+
+
+def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """The start of a chunk, on one line, cut at `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 async def retrieve(
     session: AsyncSession, *, user_id: uuid.UUID, query: str, top_k: int = 5
 ) -> Retrieval:
     """The chunks relevant to `query` among the user's and shared documents (ranked)."""
-    # Placeholder until the knowledge issue lands: no documents, so nothing is relevant.
-    return Retrieval()
+    gate = gate_for(session)
+    top_k = max(1, min(top_k, MAX_TOP_K))
+    profile = await profile_query(session, query)
+    threshold = gate.threshold_for(profile)
+    if not profile.terms:
+        return Retrieval(threshold=threshold)
+    ranked = await rank(session, profile, visible_scopes(user_id), top_k)
+    chunks = []
+    for candidate in ranked:
+        relevance = gate.relevance(profile, candidate)
+        chunks.append(
+            RetrievedChunk(
+                document_id=candidate.document_id,
+                filename=candidate.filename,
+                chunk_id=candidate.chunk_id,
+                score=round(relevance, 4),
+                snippet=snippet(candidate.text),
+                text=candidate.text,
+                relevant=relevance >= threshold,
+            )
+        )
+    return Retrieval(chunks=chunks, threshold=threshold)

@@ -1,0 +1,111 @@
+"""The models file: which model names kiban serves, through which provider, with which limits."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiban.gateway.exceptions import ModelNotFound
+from kiban.settings import ConfigurationError, Settings
+
+SHIPPED_MODELS_FILE = Path(__file__).with_name("models.toml")
+PROVIDERS = ("openai", "extractive")
+ENCODINGS = ("o200k_base", "cl100k_base")
+EXTRACTIVE = "extractive"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    provider: str
+    upstream_model: str
+    context_window: int
+    max_output_tokens: int
+    encoding: str = "o200k_base"
+    fallbacks: tuple[str, ...] = ()
+    description: str = ""
+    owned_by: str = "kiban"
+
+
+class Catalog:
+    """The models this process serves, and the one used when a request names none."""
+
+    def __init__(self, models: dict[str, ModelSpec], default: str) -> None:
+        self.models = models
+        self.default = default
+        self.names = sorted(models)
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        """The model for a request's ``model`` field (the default when absent)."""
+        spec = self.models.get(name or self.default)
+        if spec is None:
+            raise ModelNotFound(str(name), self.names)
+        return spec
+
+
+def upstream_configured(settings: Settings) -> bool:
+    """Whether an OpenAI-compatible upstream is configured (a key, a base URL, or both)."""
+    return settings.openai_api_key is not None or bool(settings.openai_base_url)
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    """Read the models file; raise ``ConfigurationError`` naming the problem."""
+    path = settings.models_file or SHIPPED_MODELS_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"Cannot read the models file {path}: {exc}") from exc
+    with_upstream = upstream_configured(settings)
+    models: dict[str, ModelSpec] = {}
+    for name, entry in (data.get("models") or {}).items():
+        spec = _spec(path, name, entry)
+        if spec.provider == "openai" and not with_upstream:
+            continue
+        models[name] = spec
+    if EXTRACTIVE not in models:
+        models[EXTRACTIVE] = ModelSpec(
+            name=EXTRACTIVE,
+            provider="extractive",
+            upstream_model=EXTRACTIVE,
+            context_window=1_000_000,
+            max_output_tokens=4096,
+            description="Built-in extractive engine.",
+        )
+    for spec in models.values():
+        unknown = [f for f in spec.fallbacks if f not in models]
+        if unknown:
+            raise ConfigurationError(f"{path}: model {spec.name!r} falls back to unknown {unknown}")
+    default = settings.default_model or ("gpt-4o-mini" if with_upstream else EXTRACTIVE)
+    if default not in models:
+        raise ConfigurationError(
+            f"KIBAN_DEFAULT_MODEL={default!r} is not served; the models are {sorted(models)} "
+            f"(from {path}; 'openai' models need OPENAI_API_KEY or OPENAI_BASE_URL)."
+        )
+    return Catalog(models, default)
+
+
+def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise ConfigurationError(f"{path}: [models.{name}] must be a table")
+    provider = entry.get("provider")
+    if provider not in PROVIDERS:
+        raise ConfigurationError(f"{path}: model {name!r}: provider must be one of {PROVIDERS}")
+    encoding = entry.get("encoding", "o200k_base")
+    if encoding not in ENCODINGS:
+        raise ConfigurationError(f"{path}: model {name!r}: encoding must be one of {ENCODINGS}")
+    try:
+        return ModelSpec(
+            name=name,
+            provider=provider,
+            upstream_model=str(entry.get("upstream_model", name)),
+            context_window=int(entry.get("context_window", 128_000)),
+            max_output_tokens=int(entry.get("max_output_tokens", 4096)),
+            encoding=encoding,
+            fallbacks=tuple(str(f) for f in entry.get("fallbacks", ())),
+            description=str(entry.get("description", "")),
+            owned_by="kiban" if provider == "extractive" else "openai",
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{path}: model {name!r}: {exc}") from exc

@@ -1,0 +1,225 @@
+"""One AI request from admission to its ledger record: the ``Call``.
+
+Every request that reaches a gateway route gets a ``Call`` as soon as it is authenticated. Its
+``finish`` runs exactly once, whatever happens (an answer, nothing relevant, an upstream failure,
+a rejection, a client that went away, a cancelled task): it writes the one ledger record (queued,
+synchronously, before any ``await``, so a cancellation cannot lose it), updates the metrics and the
+access-log fields, and settles the admission ticket in a task of its own (shielded: cancelling the
+request does not cancel the settlement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from kiban.auth.dependencies import Principal
+from kiban.core import clock
+from kiban.core.errors import AppError
+from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT
+from kiban.gateway.admission import Admission, AdmissionRequest, Ticket, Usage
+from kiban.gateway.catalog import ModelSpec
+from kiban.gateway.providers.base import TokenUsage
+from kiban.models import UsageStatus
+
+if TYPE_CHECKING:
+    from kiban.gateway.service import Gateway
+
+log = structlog.get_logger("kiban.gateway")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``finish`` recorded (the response reports the same numbers)."""
+
+    status: str
+    usage: TokenUsage
+    cost: Decimal | None
+    response_time_ms: float
+    ttft_ms: float | None
+    model: str
+
+    def usage_json(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "total_tokens": self.usage.total_tokens,
+        }
+
+    @property
+    def cost_text(self) -> str | None:
+        return None if self.cost is None else format(self.cost.normalize(), "f")
+
+
+@dataclass
+class Call:
+    gateway: Gateway
+    admission: Admission
+    principal: Principal
+    request_id: str
+    endpoint: str  # "ai_test" | "ai_stream" | "chat_completions"
+    log_fields: dict[str, Any]
+    streamed: bool = False
+    model: ModelSpec | None = None
+    model_name: str = ""  # what the request asked for, while it is not resolved
+    prompt_text: str | None = None
+    ticket: Ticket | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    created_at: datetime = field(default_factory=clock.now)
+    first_token_at: float | None = None
+    handed_off: bool = False  # a streaming response owns the finish now
+    outcome: Outcome | None = None
+
+    # --- steps -------------------------------------------------------------------------------
+
+    async def admit(self, prompt_tokens: int, max_completion_tokens: int | None) -> Ticket:
+        """Ask the admission (plans, rate limits, quotas); a refusal is recorded as ``rejected``."""
+        assert self.model is not None
+        self.ticket = await self.admission.admit(
+            AdmissionRequest(
+                principal=self.principal,
+                endpoint=self.endpoint,
+                model=self.model.name,
+                prompt_tokens=prompt_tokens,
+                max_completion_tokens=max_completion_tokens,
+            )
+        )
+        return self.ticket
+
+    def first_token(self) -> None:
+        """Note the time to the first streamed token (once)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[Call]:
+        """Finish the call with the right status if the block fails or is cancelled."""
+        try:
+            yield self
+        except AppError as exc:
+            status = UsageStatus.ERROR if self.ticket is not None else UsageStatus.REJECTED
+            await self.finish(status, error_code=exc.error_code)
+            raise
+        except asyncio.CancelledError:
+            await self.finish(UsageStatus.CANCELLED, error_code="client_disconnected")
+            raise
+        except Exception:
+            await self.finish(UsageStatus.ERROR, error_code="internal_error")
+            raise
+        if not self.handed_off and self.outcome is None:
+            await self.finish(UsageStatus.ERROR, error_code="internal_error")
+
+    # --- the one finish ------------------------------------------------------------------------
+
+    async def finish(
+        self,
+        status: str,
+        *,
+        usage: TokenUsage | None = None,
+        response_text: str | None = None,
+        error_code: str | None = None,
+        served: ModelSpec | None = None,
+    ) -> Outcome:
+        """Record the call (once): ledger, metrics, log fields, then settle the ticket."""
+        if self.outcome is not None:
+            return self.outcome
+        usage = usage or TokenUsage()
+        model = served or self.model
+        name = model.name if model else (self.model_name or "unknown")
+        cost: Decimal | None = None
+        if model is not None and status not in (UsageStatus.REJECTED,):
+            cost = self.gateway.prices.cost(
+                (model.name, model.upstream_model),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+            )
+        elif status == UsageStatus.REJECTED:
+            cost = Decimal(0)
+        now = time.perf_counter()
+        ttft_ms = None
+        if self.first_token_at is not None:
+            ttft_ms = round((self.first_token_at - self.started) * 1000, 3)
+        outcome = Outcome(
+            status=str(status),
+            usage=usage,
+            cost=cost,
+            response_time_ms=round((now - self.started) * 1000, 3),
+            ttft_ms=ttft_ms,
+            model=name,
+        )
+        self.outcome = outcome
+        self.gateway.ledger.submit(self._record(outcome, model, error_code, response_text))
+        self._observe(outcome)
+        if self.ticket is not None:
+            settle = asyncio.ensure_future(
+                self.admission.settle(
+                    self.ticket, Usage(usage.prompt_tokens, usage.completion_tokens, cost)
+                )
+            )
+            self.gateway.track(settle)
+            try:
+                await asyncio.shield(settle)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("settle_failed", request_id=self.request_id)
+        return outcome
+
+    def _record(
+        self, outcome: Outcome, model: ModelSpec | None, error_code: str | None, text: str | None
+    ) -> dict[str, Any]:
+        policy = self.gateway.content_policy
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "user_id": self.principal.user.id,
+            "api_key_id": self.principal.api_key_id,
+            "plan": self.ticket.plan if self.ticket else None,
+            "endpoint": self.endpoint,
+            "model": outcome.model[:128],
+            "provider": model.provider if model else "none",
+            "streamed": self.streamed,
+            "status": outcome.status,
+            "error_code": error_code,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "total_tokens": outcome.usage.total_tokens,
+            "cached_tokens": outcome.usage.cached_tokens,
+            "estimated_cost": outcome.cost,
+            "response_time_ms": outcome.response_time_ms,
+            "time_to_first_token_ms": outcome.ttft_ms,
+            "source_ids": [
+                {"document_id": s["document_id"], "chunk_id": s["chunk_id"]} for s in self.sources
+            ]
+            or None,
+            "prompt_text": policy(self.prompt_text),
+            "response_text": policy(text),
+        }
+
+    def _observe(self, outcome: Outcome) -> None:
+        AI_REQUESTS.labels(outcome.model, self.endpoint, outcome.status).inc()
+        if outcome.usage.prompt_tokens:
+            AI_TOKENS.labels(outcome.model, "prompt").inc(outcome.usage.prompt_tokens)
+        if outcome.usage.completion_tokens:
+            AI_TOKENS.labels(outcome.model, "completion").inc(outcome.usage.completion_tokens)
+        if outcome.cost:
+            AI_COST.labels(outcome.model).inc(float(outcome.cost))
+        if outcome.ttft_ms is not None:
+            AI_TTFT.labels(outcome.model).observe(outcome.ttft_ms / 1000)
+        self.log_fields.update(
+            model=outcome.model,
+            ai_status=outcome.status,
+            prompt_tokens=outcome.usage.prompt_tokens,
+            completion_tokens=outcome.usage.completion_tokens,
+            cost=outcome.cost_text,
+        )

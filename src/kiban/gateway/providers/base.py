@@ -1,0 +1,105 @@
+"""The one small interface every provider implements: ``complete`` and ``stream``.
+
+Both report usage and the finish reason. ``raw`` fields carry the upstream's own OpenAI-shaped
+bytes when there are some, so the OpenAI-compatible route can pass them through unparsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kiban.gateway.catalog import ModelSpec
+from kiban.knowledge.service import RetrievedChunk
+
+
+@dataclass
+class TokenUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reported: bool = False  # True when the upstream said so (its numbers win over local counts)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> TokenUsage | None:
+        """Usage from an OpenAI ``usage`` object (``None`` when absent or malformed)."""
+        if not isinstance(usage, dict):
+            return None
+        details = usage.get("prompt_tokens_details") or {}
+        try:
+            return cls(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cached_tokens=int(details.get("cached_tokens") or 0)
+                if isinstance(details, dict)
+                else 0,
+                reported=True,
+            )
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass
+class ProviderRequest:
+    """What to ask: an OpenAI chat request body, and the retrieved context (grounded requests)."""
+
+    model: ModelSpec
+    body: dict[str, Any]  # messages, max_tokens, temperature, and any field passed through
+    prompt_tokens: int  # counted locally (used when the upstream reports nothing)
+    question: str = ""
+    context: Sequence[RetrievedChunk] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: TokenUsage
+    finish_reason: str | None
+    model: ModelSpec  # the model that answered (a fallback, perhaps)
+    raw: bytes | None = None  # the upstream's OpenAI-shaped response body
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    text: str  # the delta text ("" for role-only, finish or usage chunks)
+    raw: bytes | None = None  # the upstream's SSE ``data:`` payload, for pass-through
+    usage_only: bool = False  # the final chunk that carries only the usage
+
+
+@dataclass
+class CompletionStream:
+    """An opened stream, to iterate; ``usage`` and ``finish_reason`` fill in as it goes."""
+
+    model: ModelSpec
+    chunks: AsyncIterator[StreamChunk]
+    usage: TokenUsage | None = None
+    finish_reason: str | None = None
+    text_parts: list[str] = field(default_factory=list)
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self.chunks
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    async def aclose(self) -> None:
+        """Stop the stream and release the upstream connection."""
+        close = getattr(self.chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: ProviderRequest) -> Completion: ...
+
+    async def stream(self, request: ProviderRequest) -> CompletionStream: ...
+
+    async def aclose(self) -> None: ...

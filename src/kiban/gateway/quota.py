@@ -1,0 +1,331 @@
+"""``QuotaAdmission``: the gateway's Admission that enforces plans, quotas and rate limits.
+
+On ``admit``: resolve the user's entitlement (plan + quota period), check the model and the prompt
+against the plan, cap the completion, then reserve ``prompt + completion cap`` tokens (and their
+cost upper bound) with ONE atomic store operation that also takes the request from the user's
+per-minute rate window. On ``settle``: the actual usage replaces the reservation (exactly once
+per ticket). Rate-limit and quota headers ride on ``Ticket.headers``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kiban.billing.entitlements import Entitlement, resolve_entitlement
+from kiban.billing.plans import Plan, PlanCatalog
+from kiban.core import clock
+from kiban.core.metrics import QUOTA_REJECTIONS
+from kiban.gateway.admission import AdmissionRequest, Ticket, Usage
+from kiban.gateway.quota_exceptions import (
+    ModelNotInPlan,
+    PromptTooLarge,
+    QuotaExceeded,
+    QuotaUnavailable,
+    RateLimited,
+    error_fields,
+    with_retry_after,
+)
+from kiban.gateway.quota_store import (
+    WINDOW_SECONDS,
+    KeyWindow,
+    QuotaState,
+    QuotaStore,
+    Reservation,
+    ReserveOutcome,
+    nanos_to_usd,
+    usd_to_nanos,
+    window_of,
+)
+from kiban.models import User
+
+log = structlog.get_logger("kiban.quota")
+
+# A request's cost upper bound: (model, prompt tokens, completion tokens) -> USD or None.
+CostBound = Callable[[str, int, int], Decimal | None]
+# Below this many completion tokens a shrunken reservation is not worth sending upstream.
+MIN_COMPLETION_TOKENS = 16
+
+
+@dataclass
+class _Held:
+    reservation: Reservation
+    handle: object
+    settled: bool = False
+
+
+def seconds_until(moment: datetime, now: datetime) -> int:
+    """Whole seconds from ``now`` until ``moment``, rounded up (never negative)."""
+    return max(math.ceil((moment - now).total_seconds()), 0)
+
+
+def window_reset(now: datetime) -> int:
+    """Seconds until the current one-minute rate window ends (1..60)."""
+    ts = now.timestamp()
+    return max(math.ceil((ts // WINDOW_SECONDS + 1) * WINDOW_SECONDS - ts), 1)
+
+
+def token_limit(plan: Plan, state: QuotaState) -> int:
+    return plan.monthly_tokens + state.extra_tokens
+
+
+LIMIT_HEADERS = (
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-RateLimit-Limit-Tokens",
+    "X-RateLimit-Remaining-Tokens",
+    "X-RateLimit-Key-Limit",
+    "X-RateLimit-Key-Remaining",
+    "X-Quota-Limit",
+    "X-Quota-Remaining",
+    "X-Quota-Reset",
+)
+
+
+def limit_headers(
+    plan: Plan, entitlement: Entitlement, state: QuotaState, now: datetime
+) -> dict[str, str]:
+    """The rate-limit and quota headers for a response, from the counters ``state`` holds."""
+    window = int(now.timestamp() // WINDOW_SECONDS)
+    limit = token_limit(plan, state)
+    headers = {
+        "X-RateLimit-Limit": str(plan.requests_per_minute),
+        "X-RateLimit-Remaining": str(max(plan.requests_per_minute - state.requests_in(window), 0)),
+        "X-RateLimit-Reset": str(window_reset(now)),
+        "X-Quota-Limit": str(limit),
+        "X-Quota-Remaining": str(max(limit - state.used_tokens - state.reserved_tokens, 0)),
+        "X-Quota-Reset": str(seconds_until(entitlement.period_end, now)),
+    }
+    if plan.tokens_per_minute is not None:
+        headers["X-RateLimit-Limit-Tokens"] = str(plan.tokens_per_minute)
+        remaining = max(plan.tokens_per_minute - state.tokens_in(window), 0)
+        headers["X-RateLimit-Remaining-Tokens"] = str(remaining)
+    return headers
+
+
+class QuotaAdmission:
+    """Enforces the plan catalog through a ``QuotaStore`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: QuotaStore,
+        catalog: PlanCatalog,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        reservation_ttl: timedelta = timedelta(seconds=900),
+        cost_bound: CostBound | None = None,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self._sessionmaker = sessionmaker
+        self._ttl = reservation_ttl
+        self.cost_bound = cost_bound
+
+    async def entitlement(self, user: User, now: datetime) -> Entitlement:
+        """The user's plan and period (the session connects only if billing needs to query)."""
+        async with self._sessionmaker() as session:
+            return await resolve_entitlement(session, user, now, catalog=self.catalog)
+
+    async def admit(self, request: AdmissionRequest) -> Ticket:
+        """Check the plan, take the rate window and reserve the upper bound, or raise."""
+        user = request.principal.user
+        now = clock.now()
+        try:
+            entitlement = await self.entitlement(user, now)
+        except (SQLAlchemyError, OSError) as e:
+            log.error("quota_store_unavailable", error=str(e))
+            raise QuotaUnavailable(headers={"Retry-After": "5"}) from e
+        plan = entitlement.plan
+        if not plan.allows_model(request.model):
+            QUOTA_REJECTIONS.labels(reason="model_not_in_plan").inc()
+            raise ModelNotInPlan(
+                f"The {plan.label} plan does not include the model {request.model!r}.",
+                hint="Use one of the plan's models, or upgrade your plan.",
+                extra={"model": request.model, "plan": plan.name, "allowed_models": plan.models},
+            )
+        if request.prompt_tokens > plan.max_prompt_tokens:
+            QUOTA_REJECTIONS.labels(reason="prompt_too_large").inc()
+            raise PromptTooLarge(
+                f"The prompt has {request.prompt_tokens} tokens; the {plan.label} plan allows "
+                f"{plan.max_prompt_tokens}.",
+                extra={"limit": plan.max_prompt_tokens, "prompt_tokens": request.prompt_tokens},
+            )
+        asked = request.max_completion_tokens
+        cap = min(asked, plan.max_tokens) if asked is not None else plan.max_tokens
+        key_window = await self._take_key_window(request, request.prompt_tokens + cap, now)
+        reservation = self._reservation(request, user, entitlement, cap, now)
+        outcome = await self._reserve(reservation)
+        if outcome.refused == "quota" and asked is None:
+            # Near the end of the allowance: give the request what is left, not a refusal.
+            left = token_limit(plan, outcome.state) - outcome.state.used_tokens
+            left -= outcome.state.reserved_tokens + request.prompt_tokens
+            if left >= MIN_COMPLETION_TOKENS:
+                cap = min(left, cap)
+                reservation = self._reservation(request, user, entitlement, cap, now)
+                outcome = await self._reserve(reservation)
+        if outcome.refused is not None:
+            self._refuse(outcome.refused, reservation, entitlement, outcome.state, now)
+        headers = limit_headers(plan, entitlement, outcome.state, now)
+        if key_window is not None and key_window.requests_per_minute is not None:
+            left = key_window.requests_per_minute - key_window.window_requests
+            headers["X-RateLimit-Key-Limit"] = str(key_window.requests_per_minute)
+            headers["X-RateLimit-Key-Remaining"] = str(max(left, 0))
+        return Ticket(
+            plan=plan.name,
+            reserved_tokens=reservation.tokens,
+            max_completion_tokens=cap,
+            headers=headers,
+            state=_Held(reservation, outcome.handle),
+        )
+
+    async def _take_key_window(
+        self, request: AdmissionRequest, tokens: int, now: datetime
+    ) -> KeyWindow | None:
+        """The API key's own limits, when the request came with a key that has some."""
+        key_id = request.principal.api_key_id
+        if key_id is None:
+            return None
+        try:
+            window = await self.store.take_key_window(key_id, tokens, window_of(now.timestamp()))
+        except (SQLAlchemyError, RedisError, OSError) as e:
+            log.error("quota_store_unavailable", error=str(e))
+            raise QuotaUnavailable(headers={"Retry-After": "5"}) from e
+        if window is None or window.refused is None:
+            return window
+        QUOTA_REJECTIONS.labels(reason=f"key_{window.refused}").inc()
+        retry = window_reset(now)
+        if window.refused == "rate_requests":
+            limit_type, limit = "api_key_requests_per_minute", window.requests_per_minute
+        else:
+            limit_type, limit = "api_key_tokens_per_minute", window.tokens_per_minute
+        raise RateLimited(
+            f"This API key is limited to {limit} {limit_type.split('_', 2)[2].replace('_', ' ')}.",
+            hint=f"Retry in {retry} s, or ask for a higher limit on the key.",
+            headers={"Retry-After": str(retry)},
+            extra={"limit_type": limit_type, "limit": limit, "retry_after": retry},
+        )
+
+    async def _reserve(self, reservation: Reservation) -> ReserveOutcome:
+        try:
+            return await self.store.reserve(reservation)
+        except (SQLAlchemyError, RedisError, OSError) as e:
+            # Fail closed: a request we cannot meter is not sent upstream.
+            log.error("quota_store_unavailable", error=str(e))
+            QUOTA_REJECTIONS.labels(reason="unavailable").inc()
+            raise QuotaUnavailable(headers={"Retry-After": "5"}) from e
+
+    def _reservation(
+        self,
+        request: AdmissionRequest,
+        user: User,
+        entitlement: Entitlement,
+        cap: int,
+        now: datetime,
+    ) -> Reservation:
+        plan = entitlement.plan
+        cost = (
+            self.cost_bound(request.model, request.prompt_tokens, cap) if self.cost_bound else None
+        )
+        return Reservation(
+            id=uuid.uuid4(),
+            user_id=user.id,
+            period_start=entitlement.period_start,
+            period_end=entitlement.period_end,
+            tokens=request.prompt_tokens + cap,
+            cost_nanos=usd_to_nanos(cost),
+            token_limit=plan.monthly_tokens,
+            cost_limit_nanos=(
+                None if plan.monthly_cost_usd is None else usd_to_nanos(plan.monthly_cost_usd)
+            ),
+            requests_per_minute=plan.requests_per_minute,
+            tokens_per_minute=plan.tokens_per_minute,
+            now=now,
+            expires_at=now + self._ttl,
+        )
+
+    def _refuse(
+        self,
+        reason: str,
+        reservation: Reservation,
+        entitlement: Entitlement,
+        state: QuotaState,
+        now: datetime,
+    ) -> None:
+        plan = entitlement.plan
+        headers = limit_headers(plan, entitlement, state, now)
+        QUOTA_REJECTIONS.labels(reason=reason).inc()
+        if reason in ("quota", "cost"):
+            retry = seconds_until(entitlement.period_end, now)
+            resets_at = entitlement.period_end.isoformat().replace("+00:00", "Z")
+            if reason == "quota":
+                fields = error_fields(
+                    quota="tokens",
+                    limit=token_limit(plan, state),
+                    used=state.used_tokens,
+                    reserved=state.reserved_tokens,
+                    requested=reservation.tokens,
+                    resets_at=resets_at,
+                )
+                left = token_limit(plan, state) - state.used_tokens - state.reserved_tokens
+                message = (
+                    f"This request needs up to {reservation.tokens} tokens; {max(left, 0)} of "
+                    f"your {plan.label} plan's tokens are left until {resets_at}."
+                )
+            else:
+                fields = error_fields(
+                    quota="cost_usd",
+                    limit=str(plan.monthly_cost_usd),
+                    used=str(nanos_to_usd(state.used_cost_nanos)),
+                    reserved=str(nanos_to_usd(state.reserved_cost_nanos)),
+                    resets_at=resets_at,
+                )
+                message = f"Your {plan.label} plan's spending budget is used up until {resets_at}."
+            raise QuotaExceeded(
+                message,
+                hint="Lower max_tokens, wait for the reset, or upgrade your plan.",
+                headers=with_retry_after(retry, headers),
+                extra=fields,
+            )
+        retry = window_reset(now)
+        if reason == "rate_requests":
+            fields = error_fields(limit_type="requests_per_minute", limit=plan.requests_per_minute)
+            message = f"The {plan.label} plan allows {plan.requests_per_minute} requests a minute."
+        else:
+            fields = error_fields(limit_type="tokens_per_minute", limit=plan.tokens_per_minute)
+            message = f"The {plan.label} plan allows {plan.tokens_per_minute} tokens a minute."
+        raise RateLimited(
+            message,
+            hint=f"Retry in {retry} s.",
+            headers=with_retry_after(retry, headers),
+            extra={**fields, "retry_after": retry},
+        )
+
+    async def settle(self, ticket: Ticket, usage: Usage) -> None:
+        """Replace the ticket's reservation by the actual usage (once; later calls do nothing)."""
+        held = ticket.state
+        if not isinstance(held, _Held) or held.settled:
+            return
+        held.settled = True
+        used = max(usage.prompt_tokens, 0) + max(usage.completion_tokens, 0)
+        released = await self.store.settle(
+            held.reservation,
+            held.handle,
+            used_tokens=used,
+            used_cost_nanos=usd_to_nanos(usage.cost) if usage.cost and usage.cost > 0 else 0,
+        )
+        if not released:
+            log.warning(
+                "quota_reservation_expired_before_settle",
+                reservation=str(held.reservation.id),
+                user_id=str(held.reservation.user_id),
+            )

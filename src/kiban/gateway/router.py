@@ -1,0 +1,129 @@
+"""``/ai``: grounded questions (JSON or server-sent events) and the caller's usage ledger."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from kiban.auth.dependencies import CurrentPrincipal
+from kiban.core.db import SessionDep
+from kiban.core.errors import Forbidden
+from kiban.gateway import ask
+from kiban.gateway.dependencies import GatewayDep
+from kiban.gateway.repository import LogFilter, list_records
+from kiban.gateway.schemas import AskRequest, AskResponse, LogEntry, LogPage
+from kiban.gateway.streaming import CallStream
+from kiban.models import UsageStatus
+
+router = APIRouter(prefix="/ai", tags=["ai"])
+
+_ASK_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": AskRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post("/test", response_model=AskResponse, openapi_extra=_ASK_BODY)
+async def ask_once(
+    request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
+) -> Response:
+    """Answer a question in one JSON response (grounded in your documents unless grounded=false)."""
+    call = gateway.begin(request, principal, "ai_test")
+    async with call.guard():
+        call.model_name = gateway.catalog.default
+        question = ask.parse_ask(await request.body())
+        prepared = await ask.prepare(gateway, session, call, question)
+        await session.commit()  # end the unit of work: no pool connection held during the call
+        text, outcome, finish_reason = await ask.answer(gateway, call, prepared)
+    headers = call.ticket.headers if call.ticket else None
+    return Response(
+        ask.response_body(call, text, outcome, finish_reason),
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+@router.post(
+    "/stream",
+    openapi_extra=_ASK_BODY,
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "delta events, then done (or error).",
+        }
+    },
+)
+async def ask_streamed(
+    request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
+) -> CallStream:
+    """Answer a question as server-sent events: ``delta`` events, then one ``done`` event."""
+    call = gateway.begin(request, principal, "ai_stream", streamed=True)
+    async with call.guard():
+        call.model_name = gateway.catalog.default
+        question = ask.parse_ask(await request.body())
+        prepared = await ask.prepare(gateway, session, call, question)
+        await session.commit()  # end the unit of work: no pool connection held during the call
+        stream, success = await ask.open_stream(gateway, call, prepared)
+        return CallStream(
+            call,
+            stream,
+            ask.AskStreamFormat(),
+            keepalive_seconds=gateway.settings.gateway_stream_keepalive_seconds,
+            headers=call.ticket.headers if call.ticket else None,
+            success_status=success,
+        )
+
+
+@router.get("/logs", response_model=LogPage)
+async def logs(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    endpoint: Annotated[
+        str | None, Query(description="ai_test, ai_stream or chat_completions")
+    ] = None,
+    model: str | None = None,
+    status: Annotated[UsageStatus | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    user_id: Annotated[
+        uuid.UUID | None, Query(description="Admins: another user's records")
+    ] = None,
+    all_users: Annotated[
+        bool, Query(alias="all", description="Admins: everyone's records")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> LogPage:
+    """Your usage ledger, newest first (admins may pass user_id, or all=true)."""
+    me = principal.user
+    if ((user_id is not None and user_id != me.id) or all_users) and not me.is_admin:
+        raise Forbidden("Only admins can read other users' records.", code="admin_required")
+    owner = None if all_users and user_id is None else (user_id or me.id)
+    rows, next_cursor = await list_records(
+        session,
+        LogFilter(
+            user_id=owner,
+            endpoint=endpoint,
+            model=model,
+            status=status.value if status else None,
+            since=_aware(since),
+            until=_aware(until),
+        ),
+        limit=limit,
+        cursor=cursor,
+    )
+    return LogPage(items=[LogEntry.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -1,0 +1,171 @@
+"""The gateway service: models, prices, providers and the ledger, started once per app; and the
+steps every AI request shares (start a call, ground it, admit it, pick its provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import structlog
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kiban.auth.dependencies import Principal
+from kiban.core.context import current_request_id
+from kiban.gateway import grounding
+from kiban.gateway.admission import Admission, OpenAdmission
+from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
+from kiban.gateway.ledger import LedgerWriter
+from kiban.gateway.pipeline import Call
+from kiban.gateway.pricing import PriceTable, load_prices
+from kiban.gateway.providers.base import Provider
+from kiban.gateway.providers.extractive import ExtractiveProvider
+from kiban.gateway.providers.openai import OpenAIProvider
+from kiban.gateway.tokenizer import count_text, encoding
+from kiban.knowledge import service as knowledge
+from kiban.knowledge.service import RetrievedChunk
+from kiban.settings import Settings
+
+log = structlog.get_logger("kiban.gateway")
+
+
+def content_policy(settings: Settings) -> Callable[[str | None], str | None]:
+    """What the ledger keeps of a prompt or an answer, per ``KIBAN_GATEWAY_CONTENT_POLICY``."""
+    if settings.gateway_content_policy == "none":
+        return lambda text: None
+    if settings.gateway_content_policy == "full":
+        return lambda text: text
+    limit = settings.gateway_content_max_chars
+    return lambda text: None if text is None else text[:limit]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The models and prices files, read and checked (at app creation, so bad files fail fast)."""
+
+    catalog: Catalog
+    prices: PriceTable
+
+    @classmethod
+    def load(cls, settings: Settings) -> GatewayConfig:
+        return cls(load_catalog(settings), load_prices(settings.prices_file))
+
+
+class Gateway:
+    """Everything an AI request needs, created in the app's lifespan (``app.state.gateway``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        prices: PriceTable,
+        providers: dict[str, Provider],
+        ledger: LedgerWriter,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.prices = prices
+        self.providers = providers
+        self.ledger = ledger
+        self.content_policy = content_policy(settings)
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        config: GatewayConfig | None = None,
+        *,
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> Gateway:
+        """Build the providers and the ledger writer (``ConfigurationError`` on bad files)."""
+        config = config or GatewayConfig.load(settings)
+        catalog, prices = config.catalog, config.prices
+        providers: dict[str, Provider] = {"extractive": ExtractiveProvider()}
+        if upstream_configured(settings):
+            providers["openai"] = OpenAIProvider(settings, catalog, http_client=http_client)
+        for name, spec in catalog.models.items():
+            if prices.price(name, spec.upstream_model) is None:
+                log.warning("model_has_no_price", model=name, hint="its cost is recorded as NULL")
+        encoding()  # load the BPE tables now, not on the first request
+        ledger = LedgerWriter(
+            sessionmaker,
+            queue_size=settings.ledger_queue_size,
+            batch_size=settings.ledger_batch_size,
+            flush_interval=settings.ledger_flush_interval_seconds,
+        )
+        return cls(settings, catalog, prices, providers, ledger)
+
+    async def start(self) -> None:
+        self.ledger.start()
+        log.info("gateway_started", models=self.catalog.names, default_model=self.catalog.default)
+
+    async def close(self) -> None:
+        """Let settlements finish, write the ledger out, close upstream connections."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.ledger.close()
+        for provider in self.providers.values():
+            await provider.aclose()
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a background task alive until it is done (and awaited at shutdown)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def provider(self, spec: ModelSpec) -> Provider:
+        return self.providers[spec.provider]
+
+    def begin(
+        self, request: Request, principal: Principal, endpoint: str, *, streamed: bool = False
+    ) -> Call:
+        """A new call for an authenticated request."""
+        state = request.scope.setdefault("state", {})
+        admission: Admission | None = getattr(request.app.state, "admission", None)
+        return Call(
+            gateway=self,
+            admission=admission or OpenAdmission(),
+            principal=principal,
+            request_id=current_request_id() or state.get("request_id") or "",
+            endpoint=endpoint,
+            log_fields=state.setdefault("log_fields", {}),
+            streamed=streamed,
+        )
+
+    def grounding_reserve(self, spec: ModelSpec) -> int:
+        """Prompt tokens a grounded request may add (instructions + the context budget)."""
+        return (
+            count_text(grounding.INSTRUCTIONS, spec.encoding)
+            + self.settings.gateway_context_token_budget
+            + 16
+        )
+
+    async def retrieve(self, session: AsyncSession, call: Call, query: str) -> list[RetrievedChunk]:
+        """The relevant chunks for a grounded request (empty: nothing relevant)."""
+        retrieval = await knowledge.retrieve(
+            session, user_id=call.principal.user.id, query=query, top_k=self.settings.gateway_top_k
+        )
+        return retrieval.relevant
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request asked for in completion tokens, and under which key."""
+
+    requested: int | None
+    key: str = "max_completion_tokens"
+
+
+def apply_cap(body: dict[str, Any], limits: Limits, cap: int | None) -> None:
+    """Send the admission's completion cap upstream, under the key the client used."""
+    if cap is None:
+        return
+    body.pop(
+        "max_tokens" if limits.key == "max_completion_tokens" else "max_completion_tokens", None
+    )
+    body[limits.key] = cap

