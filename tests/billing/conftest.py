@@ -1,0 +1,96 @@
+"""Billing fixtures: a plans file with Stripe prices, the webhook secret, signed event posting."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from kiban.billing import simulate
+from kiban.billing.plans import DEFAULT_PLANS_FILE
+from kiban.core import clock
+from kiban.settings import Settings
+
+WEBHOOK_SECRET = "whsec_test_0123456789abcdef0123456789abcdef"
+PRO_PRICE = "price_kiban_pro_monthly"
+
+
+def sign(payload: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+    """Our own Stripe-Signature for a payload (written from Stripe's docs, not the SDK)."""
+    # The server's clock (tests shift it); the real one when nothing shifted it.
+    t = int(clock.timestamp()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def write_plans_file(directory: Path) -> Path:
+    """The shipped plans with a Stripe price for ``pro``."""
+    text = DEFAULT_PLANS_FILE.read_text()
+    head, sep, tail = text.rpartition("stripe_price_ids = []")
+    assert sep, "the shipped plans file changed shape"
+    path = directory / "plans.toml"
+    path.write_text(head + f'stripe_price_ids = ["{PRO_PRICE}"]' + tail)
+    return path
+
+
+@pytest.fixture
+def plans_file(tmp_path: Path) -> Path:
+    return write_plans_file(tmp_path)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], plans_file: Path) -> Settings:
+    return make_settings(stripe_webhook_secret=WEBHOOK_SECRET, plans_file=plans_file)
+
+
+async def post_event(
+    client: httpx.AsyncClient, event: dict[str, Any], *, timestamp: int | None = None
+) -> httpx.Response:
+    """POST a correctly signed event to the webhook endpoint."""
+    body = orjson.dumps(event)
+    return await client.post(
+        "/billing/webhook",
+        content=body,
+        headers={
+            "Stripe-Signature": sign(body, timestamp=timestamp),
+            "Content-Type": "application/json",
+        },
+    )
+
+
+def period(start: datetime, days: int = 30) -> tuple[datetime, datetime]:
+    return start, start + timedelta(days=days)
+
+
+def subscription_event(
+    event_type: str,
+    *,
+    subscription_id: str,
+    customer_id: str,
+    status: str,
+    created: int,
+    period_end: datetime,
+    user_id: str | None = None,
+    cancel_at_period_end: bool = False,
+    price_id: str = PRO_PRICE,
+) -> dict[str, Any]:
+    """A customer.subscription.* event."""
+    obj = simulate.subscription_object(
+        subscription_id=subscription_id,
+        customer_id=customer_id,
+        price_id=price_id,
+        status=status,
+        period_start=period_end - timedelta(days=30),
+        period_end=period_end,
+        cancel_at_period_end=cancel_at_period_end,
+        user_id=user_id,
+        ended_at=datetime.fromtimestamp(created, UTC) if status == "canceled" else None,
+    )
+    return simulate.event(event_type, obj, created=created)

@@ -1,0 +1,452 @@
+"""The webhook endpoint: signatures, the inbox, exactly-once application and ordering."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.app import create_app
+from kiban.billing import simulate
+from kiban.core import clock
+from kiban.models import User
+from kiban.models.billing import BillingSubscription, WebhookEvent
+from kiban.settings import Settings
+from tests.billing.conftest import (
+    PRO_PRICE,
+    WEBHOOK_SECRET,
+    post_event,
+    sign,
+    subscription_event,
+)
+from tests.conftest import RunningApp, auth_headers, make_client
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def _event(created: int | None = None) -> dict[str, object]:
+    obj = {"id": "cus_123", "object": "customer", "email": "a@example.com"}
+    return simulate.event("customer.created", obj, created=created or int(clock.timestamp()))
+
+
+async def _inbox_count(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
+
+
+async def _subscription(session: AsyncSession, sub_id: str) -> BillingSubscription:
+    row = await session.scalar(
+        select(BillingSubscription)
+        .where(BillingSubscription.stripe_subscription_id == sub_id)
+        .execution_options(populate_existing=True)
+    )
+    assert row is not None
+    return row
+
+
+async def test_webhook_without_configured_secret_is_503(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with RunningApp(create_app(make_settings())) as app, make_client(app) as client:
+        response = await post_event(client, _event())
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "webhook_not_configured"
+
+
+async def test_missing_signature_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/billing/webhook", content=orjson.dumps(_event()))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "signature_missing"
+
+
+@pytest.mark.parametrize("header", ["garbage", "t=abc,v1=00", "t=123", "v1=deadbeef"])
+async def test_malformed_signature_is_400(client: httpx.AsyncClient, header: str) -> None:
+    response = await client.post(
+        "/billing/webhook", content=orjson.dumps(_event()), headers={"Stripe-Signature": header}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "signature_malformed"
+
+
+async def test_signature_with_another_secret_is_400(client: httpx.AsyncClient) -> None:
+    body = orjson.dumps(_event())
+    response = await client.post(
+        "/billing/webhook",
+        content=body,
+        headers={"Stripe-Signature": sign(body, secret="whsec_someone_else")},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "signature_invalid"
+
+
+async def test_tampered_body_is_400(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    body = orjson.dumps(_event())
+    header = sign(body)
+    tampered = body.replace(b"a@example.com", b"b@example.com")
+    response = await client.post(
+        "/billing/webhook", content=tampered, headers={"Stripe-Signature": header}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "signature_invalid"
+    assert await _inbox_count(session) == 0
+
+
+@pytest.mark.parametrize("offset", [-302, 302])
+async def test_signature_outside_tolerance_is_400(client: httpx.AsyncClient, offset: int) -> None:
+    t = int(clock.timestamp()) + offset
+    response = await post_event(client, _event(), timestamp=t)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "signature_expired"
+
+
+async def test_signature_within_tolerance_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await post_event(client, _event(), timestamp=int(clock.timestamp()) - 290)
+    assert response.status_code == 200
+
+
+async def test_one_of_several_v1_signatures_may_match(client: httpx.AsyncClient) -> None:
+    body = orjson.dumps(_event())
+    good = sign(body)
+    header = good.replace(",v1=", ",v1=" + "0" * 64 + ",v1=")
+    response = await client.post(
+        "/billing/webhook", content=body, headers={"Stripe-Signature": header}
+    )
+    assert response.status_code == 200
+
+
+async def test_rolled_secrets_both_verify(
+    make_settings: Callable[..., Settings], plans_file: object
+) -> None:
+    settings = make_settings(stripe_webhook_secret=f"whsec_new_one,{WEBHOOK_SECRET}")
+    async with RunningApp(create_app(settings)) as app, make_client(app) as client:
+        response = await post_event(client, _event())
+    assert response.status_code == 200
+
+
+async def test_signed_non_event_is_400(client: httpx.AsyncClient) -> None:
+    body = b'{"hello": "world"}'
+    response = await client.post(
+        "/billing/webhook", content=body, headers={"Stripe-Signature": sign(body)}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_event"
+
+
+async def test_unhandled_event_is_recorded_and_acknowledged(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    event = _event()
+    response = await post_event(client, event)
+    assert response.status_code == 200
+    assert response.json() == {
+        "received": True,
+        "event_id": event["id"],
+        "duplicate": False,
+        "outcome": "ignored",
+    }
+    row = await session.scalar(select(WebhookEvent))
+    assert row is not None
+    assert row.stripe_event_id == event["id"]
+    assert row.type == "customer.created"
+    assert row.payload == event
+
+
+async def test_subscription_created_grants_the_paid_plan(
+    app: FastAPI, client: httpx.AsyncClient, user: User
+) -> None:
+    end = clock.now() + timedelta(days=30)
+    event = subscription_event(
+        "customer.subscription.created",
+        subscription_id="sub_1",
+        customer_id="cus_1",
+        status="active",
+        created=int(clock.timestamp()),
+        period_end=end,
+        user_id=str(user.id),
+    )
+    assert (await post_event(client, event)).json()["outcome"] == "applied"
+    body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+    assert body["plan"] == "pro"
+    assert body["status"] == "pro"
+    assert body["cancel_at_period_end"] is False
+    assert datetime.fromisoformat(body["current_period_end"]) == end.replace(microsecond=0)
+
+
+async def test_free_user_has_free_subscription_view(
+    app: FastAPI, client: httpx.AsyncClient, user: User
+) -> None:
+    body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+    assert body == {
+        "plan": "free",
+        "status": "free",
+        "current_period_end": None,
+        "cancel_at_period_end": False,
+    }
+
+
+async def test_duplicate_delivery_is_acknowledged_and_changes_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    created = subscription_event(
+        "customer.subscription.updated",
+        subscription_id="sub_dup",
+        customer_id="cus_dup",
+        status="active",
+        created=now - 10,
+        period_end=clock.now() + timedelta(days=30),
+        user_id=str(user.id),
+    )
+    canceled = subscription_event(
+        "customer.subscription.updated",
+        subscription_id="sub_dup",
+        customer_id="cus_dup",
+        status="active",
+        cancel_at_period_end=True,
+        created=now,
+        period_end=clock.now() + timedelta(days=30),
+        user_id=str(user.id),
+    )
+    await post_event(client, created)
+    await post_event(client, canceled)
+    again = await post_event(client, created)
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    assert again.json()["outcome"] is None
+    row = await _subscription(session, "sub_dup")
+    assert row.cancel_at_period_end is True
+    assert row.last_event_id == canceled["id"]
+    assert await _inbox_count(session) == 2
+
+
+async def test_concurrent_copies_of_one_event_apply_once(
+    client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    event = subscription_event(
+        "customer.subscription.created",
+        subscription_id="sub_conc",
+        customer_id="cus_conc",
+        status="active",
+        created=int(clock.timestamp()),
+        period_end=clock.now() + timedelta(days=30),
+        user_id=str(user.id),
+    )
+    responses = await asyncio.gather(*(post_event(client, event) for _ in range(12)))
+    assert [r.status_code for r in responses] == [200] * 12
+    assert sum(1 for r in responses if not r.json()["duplicate"]) == 1
+    assert await _inbox_count(session) == 1
+
+
+async def test_older_event_never_overwrites_newer_state(
+    client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    end = clock.now() + timedelta(days=30)
+    common = {"subscription_id": "sub_ord", "customer_id": "cus_ord", "user_id": str(user.id)}
+    deleted = subscription_event(
+        "customer.subscription.deleted", status="canceled", created=now, period_end=end, **common
+    )
+    older = subscription_event(
+        "customer.subscription.updated", status="active", created=now - 60, period_end=end, **common
+    )
+    await post_event(client, deleted)
+    response = await post_event(client, older)
+    assert response.json()["outcome"] == "stale"
+    row = await _subscription(session, "sub_ord")
+    assert row.stripe_status == "canceled"
+    assert row.state == "expired"
+
+
+async def test_same_second_created_does_not_overwrite_a_snapshot(
+    client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    end = clock.now() + timedelta(days=30)
+    common = {"subscription_id": "sub_tie", "customer_id": "cus_tie", "user_id": str(user.id)}
+    updated = subscription_event(
+        "customer.subscription.updated", status="active", created=now, period_end=end, **common
+    )
+    created = subscription_event(
+        "customer.subscription.created", status="incomplete", created=now, period_end=end, **common
+    )
+    await post_event(client, updated)
+    assert (await post_event(client, created)).json()["outcome"] == "stale"
+    assert (await _subscription(session, "sub_tie")).stripe_status == "active"
+
+
+async def test_period_end_is_read_from_items_then_from_the_subscription(
+    client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    end = (clock.now() + timedelta(days=30)).replace(microsecond=0)
+    old_style = subscription_event(
+        "customer.subscription.created",
+        subscription_id="sub_old",
+        customer_id="cus_old",
+        status="active",
+        created=int(clock.timestamp()),
+        period_end=end,
+        user_id=str(user.id),
+    )
+    obj = old_style["data"]["object"]  # type: ignore[index]
+    item = obj["items"]["data"][0]
+    obj["current_period_start"] = item.pop("current_period_start")
+    obj["current_period_end"] = item.pop("current_period_end")
+    obj["plan"] = {"id": item.pop("price")["id"], "object": "plan"}
+    await post_event(client, old_style)
+    row = await _subscription(session, "sub_old")
+    assert row.current_period_end == end
+    assert row.price_id == PRO_PRICE
+    assert row.state == "pro"
+
+
+async def test_status_alone_never_grants_access(
+    app: FastAPI, client: httpx.AsyncClient, user: User
+) -> None:
+    event = subscription_event(
+        "customer.subscription.updated",
+        subscription_id="sub_past",
+        customer_id="cus_past",
+        status="active",
+        created=int(clock.timestamp()),
+        period_end=clock.now() - timedelta(seconds=1),
+        user_id=str(user.id),
+    )
+    await post_event(client, event)
+    body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+    assert body["plan"] == "free"
+    assert body["status"] == "expired"
+
+
+async def test_subscription_of_unknown_customer_is_linked_by_checkout(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    created = subscription_event(
+        "customer.subscription.created",
+        subscription_id="sub_link",
+        customer_id="cus_link",
+        status="active",
+        created=now,
+        period_end=clock.now() + timedelta(days=30),
+    )
+    assert (await post_event(client, created)).json()["outcome"] == "unmatched"
+    headers = auth_headers(app, user)
+    assert (await client.get("/billing/subscription", headers=headers)).json()["plan"] == "free"
+    completed = simulate.event(
+        "checkout.session.completed",
+        simulate.checkout_session_object(
+            customer_id="cus_link", subscription_id="sub_link", user_id=str(user.id), plan="pro"
+        ),
+        created=now - 5,  # older than the subscription event, and still applied
+    )
+    assert (await post_event(client, completed)).json()["outcome"] == "applied"
+    assert (await client.get("/billing/subscription", headers=headers)).json()["plan"] == "pro"
+    row = await _subscription(session, "sub_link")
+    assert row.user_id == user.id
+    assert row.last_event_id == created["id"]
+
+
+async def test_invoice_events_move_between_pro_and_past_due(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    start, end = clock.now(), clock.now() + timedelta(days=30)
+    common = {"subscription_id": "sub_inv", "customer_id": "cus_inv", "user_id": str(user.id)}
+    await post_event(
+        client,
+        subscription_event(
+            "customer.subscription.created",
+            status="active",
+            created=now - 100,
+            period_end=end,
+            **common,
+        ),
+    )
+
+    def invoice(event_type: str, paid: bool, created: int) -> dict[str, object]:
+        obj = simulate.invoice_object(
+            customer_id="cus_inv",
+            subscription_id="sub_inv",
+            price_id=PRO_PRICE,
+            paid=paid,
+            period_start=start,
+            period_end=end,
+        )
+        return simulate.event(event_type, obj, created=created)
+
+    headers = auth_headers(app, user)
+    await post_event(client, invoice("invoice.payment_failed", False, now - 50))
+    body = (await client.get("/billing/subscription", headers=headers)).json()
+    assert body["status"] == "past_due"
+    assert body["plan"] == "pro"
+    await post_event(client, invoice("invoice.paid", True, now))
+    body = (await client.get("/billing/subscription", headers=headers)).json()
+    assert body["status"] == "pro"
+    assert body["plan"] == "pro"
+    row = await _subscription(session, "sub_inv")
+    assert row.past_due_since is None
+
+
+async def test_past_due_access_ends_after_the_grace_period(
+    app: FastAPI, client: httpx.AsyncClient, user: User
+) -> None:
+    now = int(clock.timestamp())
+    event = subscription_event(
+        "customer.subscription.updated",
+        subscription_id="sub_grace",
+        customer_id="cus_grace",
+        status="past_due",
+        created=now,
+        period_end=clock.now() + timedelta(days=30),
+        user_id=str(user.id),
+    )
+    await post_event(client, event)
+    headers = auth_headers(app, user)
+    with clock.shifted(timedelta(days=6)):
+        body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+        assert body["plan"] == "pro"
+        assert body["status"] == "past_due"
+    with clock.shifted(timedelta(days=7, seconds=1)):
+        body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+        assert body["plan"] == "free"
+        assert body["status"] == "expired"
+    assert headers
+
+
+async def test_checkout_return_pages(client: httpx.AsyncClient) -> None:
+    success = await client.get("/billing/success", params={"session_id": "cs_test_1"})
+    assert success.status_code == 200
+    assert success.json()["session_id"] == "cs_test_1"
+    cancel = await client.get("/billing/cancel")
+    assert cancel.json()["status"] == "canceled"
+
+
+async def test_paused_subscription_loses_access(
+    app: FastAPI, client: httpx.AsyncClient, user: User
+) -> None:
+    now = int(clock.timestamp())
+    end = clock.now() + timedelta(days=30)
+    common = {"subscription_id": "sub_pause", "customer_id": "cus_pause", "user_id": str(user.id)}
+    await post_event(
+        client,
+        subscription_event(
+            "customer.subscription.created",
+            status="active",
+            created=now - 5,
+            period_end=end,
+            **common,
+        ),
+    )
+    paused = subscription_event(
+        "customer.subscription.paused", status="paused", created=now, period_end=end, **common
+    )
+    assert (await post_event(client, paused)).json()["outcome"] == "applied"
+    body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+    assert body["plan"] == "free"
+    assert body["status"] == "expired"
