@@ -9,15 +9,37 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiban.core.context import request_id_var
+from kiban.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("kiban.access")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Labelled children, cached: ``.labels()`` costs a lock and a dict build on every call.
+_http_counters: dict[tuple[str, str, int], Any] = {}
+_http_histograms: dict[tuple[str, str], Any] = {}
+
+
+def observe_http(method: str, route: str | None, status: int, seconds: float) -> None:
+    """Count one HTTP request and its latency, by route template (never the raw path)."""
+    method = method if method in _METHODS else "OTHER"
+    route = route or ("unmatched" if status == 404 else "other")  # 404s, mounts
+    counter = _http_counters.get((method, route, status))
+    if counter is None:
+        counter = _http_counters[(method, route, status)] = HTTP_REQUESTS.labels(
+            method, route, str(status)
+        )
+    histogram = _http_histograms.get((method, route))
+    if histogram is None:
+        histogram = _http_histograms[(method, route)] = HTTP_LATENCY.labels(method, route)
+    counter.inc()
+    histogram.observe(seconds)
 
 
 class RequestContextMiddleware:
@@ -56,14 +78,16 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             state = scope.get("state", {})
-            route = scope.get("route")
+            route = getattr(scope.get("route"), "path", None)
+            elapsed = time.perf_counter() - started
+            observe_http(scope["method"], route, status, elapsed)
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
-                route=getattr(route, "path", None),
+                route=route,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 user_id=state.get("user_id"),
                 **state.get("log_fields", {}),
             )

@@ -28,6 +28,23 @@ class UsageRecord(Base):
     __table_args__ = (
         Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
         Index("ix_usage_records_created_at", "created_at"),
+        # Admin analytics (migration 0008): a covering index, so a window's summary is an
+        # index-only range scan that never reads the wide rows (prompt and response text).
+        Index(
+            "ix_usage_records_analytics",
+            "created_at",
+            "status",
+            "model",
+            "endpoint",
+            "plan",
+            "user_id",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "estimated_cost",
+            "response_time_ms",
+            "time_to_first_token_ms",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

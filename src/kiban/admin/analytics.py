@@ -1,0 +1,360 @@
+"""Analytics over the usage ledger: a window's summary, time series and top users.
+
+Definitions (also in the README and checked by the tests against plain Python):
+
+- ``requests``: ledger records created in ``[start, end)``, whatever their status.
+- ``error_rate``: records with status ``error`` over all records; ``no_context_rate`` likewise.
+- latency percentiles: over records that were answered or attempted (every status except
+  ``rejected``, which never reached a provider); TTFT percentiles: over those with a
+  time to first token (streamed).
+- ``cost_usd``: the exact sum of the recorded costs; records without a price are left out and
+  counted in ``unpriced_requests`` when they used tokens.
+
+Sums of cost are taken in integer units of 1e-10 USD (the ledger's scale), exact on both databases.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.admin.exceptions import InvalidWindow, TooManyBuckets
+from kiban.admin.percentiles import Column, Selection, Wanted, nearest_rank
+from kiban.admin.schemas import (
+    GroupBy,
+    Interval,
+    MixEntry,
+    Point,
+    RankBy,
+    Series,
+    Summary,
+    Timeseries,
+    TopUser,
+    TopUsers,
+)
+from kiban.models import UsageRecord, UsageStatus, User
+
+COST_SCALE = 10**10  # the ledger stores Numeric(20, 10)
+MAX_BUCKETS = 2_000
+LATENCY_PERCENTS = (50, 95, 99)
+TTFT_PERCENTS = (50, 95)
+STATUSES = tuple(s.value for s in UsageStatus)
+
+U = UsageRecord
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time range ``[start, end)`` in UTC."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def parse(cls, start: datetime | None, end: datetime | None, now: datetime) -> Window:
+        """The window a request asked for (naive times are UTC); default: the last 7 days."""
+        end = _utc(end) if end else now
+        start = _utc(start) if start else end - timedelta(days=7)
+        if start >= end:
+            raise InvalidWindow("'from' must be before 'to'.")
+        return cls(start, end)
+
+    def filters(self) -> list[ColumnElement[bool]]:
+        return [U.created_at >= self.start, U.created_at < self.end]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def without_jit(session: AsyncSession) -> None:
+    """Turn PostgreSQL's JIT off for this transaction (no-op elsewhere).
+
+    Measured in bench/analytics_summary.py: compiling these wide aggregates costs more than it
+    saves (the summary over 300k rows took 1.26 s with JIT, 0.59 s without). ``SET LOCAL`` ends
+    with the transaction, so nothing leaks to other users of the pooled connection.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SET LOCAL jit = off"))
+
+
+def cost_units() -> ColumnElement[Any]:
+    """The record's cost as an integer count of 1e-10 USD (SUM over it is exact everywhere)."""
+    return cast(func.round(U.estimated_cost * literal(COST_SCALE, BigInteger)), BigInteger)
+
+
+def units_to_usd(units: int | Decimal | None) -> Decimal:
+    return (Decimal(int(units or 0)) / COST_SCALE).quantize(Decimal("1e-10"))
+
+
+def _aggregates() -> list[ColumnElement[Any]]:
+    # count(*) FILTER (WHERE ...) (SQLite >= 3.30, PostgreSQL): cheaper than SUM(CASE ...).
+    return [
+        func.count().label("requests"),
+        *(func.count().filter(U.status == s).label(f"s_{s}") for s in STATUSES),
+        func.sum(U.prompt_tokens).label("prompt_tokens"),
+        func.sum(U.completion_tokens).label("completion_tokens"),
+        func.sum(cost_units()).label("cost_units"),
+        func.count().filter(U.estimated_cost.is_(None), U.total_tokens > 0).label("unpriced"),
+    ]
+
+
+def _figures(
+    row: Mapping[Any, Any], latency: dict[int, float | None], ttft: dict[int, float | None]
+) -> dict[str, Any]:
+    requests = int(row["requests"] or 0)
+    by_status = {s: int(row[f"s_{s}"] or 0) for s in STATUSES}
+    prompt, completion = int(row["prompt_tokens"] or 0), int(row["completion_tokens"] or 0)
+    return {
+        "requests": requests,
+        "by_status": by_status,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost_usd": units_to_usd(row["cost_units"]),
+        "unpriced_requests": int(row["unpriced"] or 0),
+        "error_rate": by_status[UsageStatus.ERROR] / requests if requests else None,
+        "no_context_rate": by_status[UsageStatus.NO_CONTEXT] / requests if requests else None,
+        "latency_p50_ms": latency.get(50),
+        "latency_p95_ms": latency.get(95),
+        "latency_p99_ms": latency.get(99),
+        "ttft_p50_ms": ttft.get(50),
+        "ttft_p95_ms": ttft.get(95),
+    }
+
+
+def _empty_figures() -> dict[str, Any]:
+    names = ["requests", "prompt_tokens", "completion_tokens", "cost_units", "unpriced"]
+    return _figures(dict.fromkeys([*names, *(f"s_{s}" for s in STATUSES)], 0), {}, {})
+
+
+async def summary(
+    session: AsyncSession, window: Window, *, user_id: uuid.UUID | None = None, **tuning: int
+) -> Summary:
+    """Requests, tokens, cost, error and no-context rates, latency and TTFT percentiles."""
+    filters = window.filters()
+    if user_id is not None:
+        filters.append(U.user_id == user_id)
+    await without_jit(session)
+
+    def in_scope(row: Any) -> bool:
+        return bool(
+            window.start <= row.created_at < window.end
+            and (user_id is None or row.user_id == user_id)
+            and row.status != UsageStatus.REJECTED
+        )
+
+    selection = Selection(
+        filters,
+        [U.status != UsageStatus.REJECTED],
+        [
+            Wanted(U.response_time_ms, LATENCY_PERCENTS),
+            Wanted(U.time_to_first_token_ms, TTFT_PERCENTS),
+        ],
+        in_scope=in_scope,
+        **tuning,
+    )
+    await selection.prepare(session)
+    aggregates = _aggregates()
+    row = (
+        await session.execute(select(*aggregates, *selection.count_columns()).where(*filters))
+    ).one()
+    latency, ttft = await selection.finish(session, row[len(aggregates) :])
+    return Summary(start=window.start, end=window.end, **_figures(row._mapping, latency, ttft))
+
+
+# --- time series ---------------------------------------------------------------------------
+
+
+def bucket_starts(window: Window, interval: Interval) -> list[datetime]:
+    """Every bucket that overlaps the window, oldest first."""
+    step = timedelta(hours=1) if interval is Interval.HOUR else timedelta(days=1)
+    first = window.start.replace(minute=0, second=0, microsecond=0)
+    if interval is Interval.DAY:
+        first = first.replace(hour=0)
+    count = -(-(window.end - first) // step)
+    if count > MAX_BUCKETS:
+        raise TooManyBuckets(count, MAX_BUCKETS)
+    return [first + i * step for i in range(count)]
+
+
+def _bucket_expr(session: AsyncSession, interval: Interval) -> ColumnElement[str]:
+    # The only dialect-specific SQL here: the bucket as text, 'YYYY-MM-DD HH' or 'YYYY-MM-DD'.
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite stores UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' text.
+        return func.substr(cast(U.created_at, String), 1, 13 if interval is Interval.HOUR else 10)
+    fmt = "YYYY-MM-DD HH24" if interval is Interval.HOUR else "YYYY-MM-DD"
+    return func.to_char(func.timezone("UTC", U.created_at), fmt)
+
+
+def _parse_bucket(text: str) -> datetime:
+    fmt = "%Y-%m-%d %H" if len(text) > 10 else "%Y-%m-%d"
+    return datetime.strptime(text, fmt).replace(tzinfo=UTC)
+
+
+_GROUP_COLUMNS = {
+    GroupBy.MODEL: U.model,
+    GroupBy.ENDPOINT: U.endpoint,
+    GroupBy.STATUS: U.status,
+    GroupBy.PLAN: U.plan,
+}
+
+
+async def timeseries(
+    session: AsyncSession, window: Window, interval: Interval, group_by: GroupBy | None
+) -> Timeseries:
+    """The summary's figures per time bucket and group (empty buckets included, as zeros)."""
+    buckets = bucket_starts(window, interval)
+    bucket = _bucket_expr(session, interval).label("b")
+    group: ColumnElement[Any] = (
+        _GROUP_COLUMNS[group_by] if group_by else literal(None, String)
+    ).label("g")
+    filters = window.filters()
+    await without_jit(session)
+    rows = await session.execute(
+        select(bucket, group, *_aggregates()).where(*filters).group_by(bucket, group)
+    )
+    attempted = [*filters, U.status != UsageStatus.REJECTED]
+    latency = await _grouped_percentiles(
+        session, bucket, group, U.response_time_ms, attempted, LATENCY_PERCENTS
+    )
+    ttft = await _grouped_percentiles(
+        session,
+        bucket,
+        group,
+        U.time_to_first_token_ms,
+        [*attempted, U.time_to_first_token_ms.is_not(None)],
+        TTFT_PERCENTS,
+    )
+    by_group: dict[str | None, dict[datetime, dict[str, Any]]] = {}
+    totals: dict[str | None, int] = {}
+    for row in rows:
+        key = (row.b, row.g)
+        when = _parse_bucket(row.b)
+        by_group.setdefault(row.g, {})[when] = _figures(
+            row._mapping, latency.get(key, {}), ttft.get(key, {})
+        )
+        totals[row.g] = totals.get(row.g, 0) + int(row.requests)
+    if not by_group and group_by is None:
+        by_group[None] = {}
+    empty = _empty_figures()
+    series = [
+        Series(
+            group=g,
+            points=[Point(bucket=b, **by_group[g].get(b, empty)) for b in buckets],
+        )
+        for g in sorted(by_group, key=lambda g: (-totals.get(g, 0), str(g)))
+    ]
+    return Timeseries(
+        start=window.start, end=window.end, interval=interval, group_by=group_by, series=series
+    )
+
+
+async def _grouped_percentiles(
+    session: AsyncSession,
+    bucket: ColumnElement[Any],
+    group: ColumnElement[Any],
+    column: Column,
+    filters: Sequence[ColumnElement[bool]],
+    percents: Sequence[int],
+) -> dict[tuple[str, str | None], dict[int, float | None]]:
+    """Nearest-rank percentiles per (bucket, group), with window functions (one sort)."""
+    partition = (bucket, group)
+    inner = (
+        select(
+            bucket,
+            group,
+            column.label("v"),
+            func.row_number().over(partition_by=partition, order_by=column).label("rn"),
+            func.count().over(partition_by=partition).label("n"),
+        )
+        .where(*filters)
+        .subquery()
+    )
+    wanted = or_(*(inner.c.rn == (p * inner.c.n + 99) // 100 for p in percents))
+    rows = await session.execute(
+        select(inner.c.b, inner.c.g, inner.c.rn, inner.c.n, inner.c.v).where(wanted)
+    )
+    result: dict[tuple[str, str | None], dict[int, float | None]] = {}
+    for row in rows:
+        slot = result.setdefault((row.b, row.g), {})
+        for p in percents:
+            if nearest_rank(p, int(row.n)) == int(row.rn):
+                slot[p] = float(row.v)
+    return result
+
+
+async def mix(session: AsyncSession, window: Window, group_by: GroupBy) -> list[MixEntry]:
+    """Requests, tokens and cost per model, endpoint, status or plan, largest first."""
+    column = _GROUP_COLUMNS[group_by]
+    requests = func.count()
+    await without_jit(session)
+    rows = await session.execute(
+        select(column, requests, func.sum(U.total_tokens), func.sum(cost_units()))
+        .where(*window.filters())
+        .group_by(column)
+        .order_by(requests.desc(), column)
+    )
+    return [
+        MixEntry(group=g, requests=int(n), total_tokens=int(t or 0), cost_usd=units_to_usd(c))
+        for g, n, t, c in rows
+    ]
+
+
+# --- top users -----------------------------------------------------------------------------
+
+
+async def top_users(session: AsyncSession, window: Window, by: RankBy, limit: int) -> TopUsers:
+    """The users with the most cost, tokens or requests in the window."""
+    requests = func.count().label("requests")
+    tokens = func.sum(U.total_tokens).label("tokens")
+    cost = func.sum(cost_units()).label("cost")
+    order = {RankBy.COST: cost, RankBy.TOKENS: tokens, RankBy.REQUESTS: requests}[by]
+    await without_jit(session)
+    rows = (
+        await session.execute(
+            select(U.user_id, requests, tokens, cost)
+            .where(*window.filters())
+            .group_by(U.user_id)
+            .order_by(func.coalesce(order, 0).desc(), U.user_id)
+            .limit(limit)
+        )
+    ).all()
+    ids = [r.user_id for r in rows if r.user_id is not None]
+    emails = await user_emails(session, ids)
+    users = [
+        TopUser(
+            user_id=r.user_id,
+            email=emails.get(r.user_id) if r.user_id else None,
+            requests=int(r.requests),
+            total_tokens=int(r.tokens or 0),
+            cost_usd=units_to_usd(r.cost),
+        )
+        for r in rows
+    ]
+    return TopUsers(start=window.start, end=window.end, by=by, users=users)
+
+
+async def user_emails(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Emails of the given users, by id."""
+    if not ids:
+        return {}
+    rows = await session.execute(select(User.id, User.email).where(User.id.in_(ids)))
+    return {r.id: r.email for r in rows}

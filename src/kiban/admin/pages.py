@@ -1,0 +1,94 @@
+"""Server-side pages: the Jinja2 environment, its number filters, and one ``render``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.templating import Jinja2Templates
+
+from kiban.admin.web_auth import CSRF_FIELD, Viewer, csrf_token, finish, issue_csrf_cookie
+from kiban.settings import Settings
+
+PACKAGE_DIR = Path(__file__).parent
+STATIC_DIR = PACKAGE_DIR / "static"
+templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+
+
+def fmt_int(value: int | None) -> str:
+    """1234567 -> '1,234,567'."""
+    return "–" if value is None else f"{value:,}"
+
+
+def fmt_usd(value: Decimal | float | None) -> str:
+    """Dollars with cents, or four decimals below ten dollars (AI requests cost fractions)."""
+    if value is None:
+        return "–"
+    return f"${value:,.2f}" if abs(float(value)) >= 10 else f"${value:,.4f}"
+
+
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds, whole above ten."""
+    if value is None:
+        return "–"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def fmt_pct(value: float | None) -> str:
+    """A share as a percentage with one decimal."""
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def fmt_time(value: datetime | None) -> str:
+    """A UTC time, to the second."""
+    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_sources(sources: list[Any] | None) -> str:
+    """Retrieved sources as short ids: ``document#chunk`` (ids cut to 8 characters)."""
+    if not sources:
+        return "–"
+    out = []
+    for s in sources:
+        if isinstance(s, dict):
+            doc, chunk = str(s.get("document_id", "?"))[:8], str(s.get("chunk_id", "?"))[:8]
+            out.append(f"{doc}#{chunk}")
+        else:
+            out.append(str(s)[:17])
+    return ", ".join(out)
+
+
+templates.env.filters.update(
+    {
+        "int": fmt_int,
+        "usd": fmt_usd,
+        "ms": fmt_ms,
+        "pct": fmt_pct,
+        "time": fmt_time,
+        "sources": fmt_sources,
+    }
+)
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    settings: Settings,
+    viewer: Viewer | None,
+    status_code: int = 200,
+) -> Response:
+    """A page response: the template, the viewer and CSRF field, renewed session cookies."""
+    context = {
+        "viewer": viewer.user if viewer else None,
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": csrf_token(request),
+        **context,
+    }
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    issue_csrf_cookie(response, request)
+    return finish(response, request, settings, viewer)

@@ -1,0 +1,161 @@
+"""The dashboard in a real headless Chromium (Debian's package, driven by Playwright).
+
+Served by uvicorn on a free loopback port; the figures on the cards are computed here from the
+seeded records. Set ``KIBAN_DASHBOARD_SCREENSHOT=path.png`` to keep the screenshot (the README's
+image is made this way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.core import clock
+from kiban.models import UsageRecord, User
+from tests.admin.conftest import make_records, seed
+from tests.conftest import DEFAULT_PASSWORD, create_user, skip_unless_required
+
+pytestmark = pytest.mark.browser
+
+
+def _chromium() -> str | None:
+    configured = os.environ.get("KIBAN_CHROMIUM", "/usr/bin/chromium")
+    return configured if Path(configured).exists() else shutil.which("chromium")
+
+
+CHROMIUM = _chromium()
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """The app (lifespan already running) served by uvicorn on a free loopback port."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers no "started" event)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    if CHROMIUM is None:
+        skip_unless_required("Chromium is not installed (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        instance = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+@pytest.fixture
+async def seeded(session: AsyncSession, admin: User) -> list[UsageRecord]:
+    """A week of varied traffic from a few users, ending a minute ago."""
+    users = [admin.id]
+    for name in ("hana", "kenji", "alice", "bob"):
+        users.append((await create_user(session, email=f"{name}@example.com")).id)
+    now = clock.now()
+    records = make_records(400, [*users, users[1], users[1]], hours=7 * 24 - 1)
+    first = min(r.created_at for r in records)
+    for r in records:
+        r.created_at = now - timedelta(days=7) + (r.created_at - first) + timedelta(minutes=30)
+        r.created_at = min(r.created_at, now - timedelta(minutes=1))
+    await seed(session, records)
+    return records
+
+
+def _usd(value: Decimal) -> str:
+    return f"${value:,.2f}" if value >= 10 else f"${value:,.4f}"
+
+
+def png_is_blank(data: bytes) -> bool:
+    """Whether a PNG is (nearly) one flat colour: few distinct bytes in its decoded scanlines."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    pixels = zlib.decompress(idat)
+    return len(set(pixels)) < 16
+
+
+async def test_admin_signs_in_sees_figures_filters_and_screenshots(
+    served: str, browser: object, admin: User, seeded: list[UsageRecord], tmp_path: Path
+) -> None:
+    from playwright.async_api import Browser, expect
+
+    assert isinstance(browser, Browser)
+    page = await browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(15_000)
+
+    # Signed out: the dashboard sends the browser to the sign-in form.
+    await page.goto(f"{served}/admin")
+    assert "/login" in page.url
+    await page.fill("input[name=email]", admin.email)
+    await page.fill("input[name=password]", DEFAULT_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{served}/admin")
+
+    requests = len(seeded)
+    tokens = sum(r.total_tokens for r in seeded)
+    cost = sum((r.estimated_cost for r in seeded if r.estimated_cost is not None), Decimal(0))
+    errors = sum(1 for r in seeded if r.status == "error")
+    await expect(page.locator("[data-metric=requests] .value")).to_have_text(f"{requests:,}")
+    await expect(page.locator("[data-metric=tokens] .value")).to_have_text(f"{tokens:,}")
+    await expect(page.locator("[data-metric=cost] .value")).to_have_text(_usd(cost))
+    await expect(page.locator("[data-metric=error-rate] .value")).to_have_text(
+        f"{errors / requests * 100:.1f}%"
+    )
+    assert await page.locator("svg.chart").count() >= 5
+    assert await page.locator("[data-table=top-users] tbody tr").count() == 5
+
+    shot = await page.screenshot(full_page=True)
+    await asyncio.to_thread((tmp_path / "dashboard.png").write_bytes, shot)
+    assert len(shot) > 20_000
+    assert not png_is_blank(shot)
+    if target := os.environ.get("KIBAN_DASHBOARD_SCREENSHOT"):
+        await asyncio.to_thread(Path(target).write_bytes, shot)
+
+    # The usage log, filtered to errors through the form.
+    await page.click("a[href='/admin/requests']")
+    await page.wait_for_url(f"{served}/admin/requests")
+    await page.select_option("select[name=status]", "error")
+    await page.click("form[data-form=filters] button[type=submit]")
+    await page.wait_for_url("**/admin/requests?*status=error*")
+    rows = page.locator("table[data-table=usage-log] tbody tr")
+    await expect(rows).to_have_count(min(errors, 50))
+    statuses = await rows.evaluate_all("rs => rs.map(r => r.dataset.status)")
+    assert set(statuses) == {"error"}

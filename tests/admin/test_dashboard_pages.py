@@ -1,0 +1,220 @@
+"""The dashboard and account pages over HTTP: cookie sign-in, CSRF, renewal, and what they show."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.core import clock
+from kiban.models import ApiKey, RefreshToken, User
+from tests.admin.conftest import make_records, seed
+from tests.conftest import DEFAULT_PASSWORD
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+async def sign_in(client: httpx.AsyncClient, email: str, next_: str = "/admin") -> httpx.Response:
+    page = await client.get("/login", params={"next": next_})
+    token = CSRF.search(page.text)
+    assert token, page.text
+    return await client.post(
+        "/login",
+        data={"email": email, "password": DEFAULT_PASSWORD, "csrf_token": token[1], "next": next_},
+    )
+
+
+def _metric(html: str, name: str) -> str:
+    found = re.search(rf'data-metric="{name}">.*?class="value">([^<]*)<', html, re.S)
+    assert found, name
+    return found[1]
+
+
+async def test_signed_out_browsers_are_sent_to_sign_in(client: httpx.AsyncClient) -> None:
+    r = await client.get("/admin/requests?status=ok")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Fadmin%2Frequests%3Fstatus%3Dok"
+    assert (await client.get("/account")).status_code == 303
+
+
+async def test_admin_signs_in_and_sees_the_summary(
+    client: httpx.AsyncClient, admin: User, session: AsyncSession
+) -> None:
+    now = clock.now()
+    records = make_records(120, [admin.id], hours=20)
+    for r in records:
+        r.created_at = now - (r.created_at - records[0].created_at) % timedelta(hours=20)
+    await seed(session, records)
+    r = await sign_in(client, admin.email)
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == "/admin"
+    cookie = r.headers.get_list("set-cookie")
+    assert any(
+        c.startswith("kiban_session=") and "HttpOnly" in c and "SameSite=lax" in c for c in cookie
+    )
+    page = await client.get("/admin?range=24h")
+    assert page.status_code == 200
+    assert page.headers["cache-control"] == "no-store"
+    assert _metric(page.text, "requests") == f"{len(records):,}"
+    tokens = sum(r.total_tokens for r in records)
+    assert _metric(page.text, "tokens") == f"{tokens:,}"
+    assert page.text.count("<svg") >= 5
+    assert "cdn" not in page.text.lower()
+    assert "<script" not in page.text
+    assert (await client.get("/admin/static/kiban.css")).status_code == 200
+
+
+async def test_sign_in_needs_the_csrf_token_and_the_right_password(
+    client: httpx.AsyncClient, admin: User
+) -> None:
+    await client.get("/login")
+    r = await client.post("/login", data={"email": admin.email, "password": DEFAULT_PASSWORD})
+    assert r.status_code == 403
+    assert "security token" in r.text
+    token = CSRF.search((await client.get("/login")).text)
+    assert token
+    r = await client.post(
+        "/login", data={"email": admin.email, "password": "wrong password!", "csrf_token": token[1]}
+    )
+    assert r.status_code == 401
+    assert "email or password is not correct" in r.text
+    assert "kiban_session" not in client.cookies
+
+
+async def test_sign_in_never_redirects_off_site(client: httpx.AsyncClient, user: User) -> None:
+    r = await sign_in(client, user.email, next_="//evil.example/steal")
+    assert r.headers["location"] == "/account"
+
+
+async def test_users_get_their_account_page_but_not_the_dashboard(
+    client: httpx.AsyncClient, user: User
+) -> None:
+    await sign_in(client, user.email, next_="/account")
+    assert (await client.get("/admin")).status_code == 403
+    page = await client.get("/account")
+    assert page.status_code == 200
+    assert user.email in page.text
+    assert 'role="progressbar"' in page.text
+
+
+async def test_usage_log_page_filters_by_status_and_user(
+    client: httpx.AsyncClient, admin: User, user: User, session: AsyncSession
+) -> None:
+    now = clock.now()
+    records = make_records(80, [admin.id, user.id], hours=1)
+    for r in records:
+        r.created_at = now - timedelta(minutes=5)
+    await seed(session, records)
+    await sign_in(client, admin.email)
+    page = await client.get("/admin/requests", params={"status": "error", "user": user.email})
+    statuses = re.findall(r'<tr data-status="([^"]+)"', page.text)
+    want = [r for r in records if r.status == "error" and r.user_id == user.id]
+    assert statuses == ["error"] * len(want)
+    assert len(want) > 0
+    missing = await client.get("/admin/requests", params={"user": "nobody@example.com"})
+    assert "No user matches" in missing.text
+
+
+async def test_usage_log_pages_with_a_cursor(
+    client: httpx.AsyncClient, admin: User, session: AsyncSession
+) -> None:
+    now = clock.now()
+    records = make_records(130, [admin.id], hours=1)
+    for r in records:
+        r.created_at = now - timedelta(minutes=1)
+    await seed(session, records)
+    await sign_in(client, admin.email)
+    seen = 0
+    url: str | None = "/admin/requests"
+    while url:
+        page = await client.get(url)
+        seen += len(re.findall(r"<tr data-status=", page.text))
+        older = re.search(r'<a rel="next" href="([^"]+)"', page.text)
+        url = older[1].replace("&amp;", "&") if older else None
+    assert seen == len(records)
+
+
+async def test_user_page_shows_plan_quota_and_recent_requests(
+    client: httpx.AsyncClient, admin: User, user: User, session: AsyncSession
+) -> None:
+    records = make_records(5, [user.id], hours=1)
+    for r in records:
+        r.created_at = clock.now() - timedelta(minutes=3)
+    await seed(session, records)
+    await sign_in(client, admin.email)
+    page = await client.get(f"/admin/accounts/{user.id}")
+    assert page.status_code == 200
+    assert user.email in page.text
+    assert "Free</strong> plan" in page.text
+    assert len(re.findall(r"<tr data-status=", page.text)) == 5
+
+
+async def test_api_keys_are_created_and_revoked_with_csrf(
+    client: httpx.AsyncClient, user: User, session: AsyncSession
+) -> None:
+    await sign_in(client, user.email, next_="/account")
+    page = await client.get("/account")
+    token = CSRF.search(page.text)
+    assert token
+    forged = await client.post("/account/api-keys", data={"name": "ci"})
+    assert forged.status_code == 403
+    created = await client.post("/account/api-keys", data={"name": "ci", "csrf_token": token[1]})
+    assert created.status_code == 200
+    secret = re.search(r"<code>(kb_[^<]+)</code>", created.text)
+    assert secret
+    key = await session.scalar(select(ApiKey).where(ApiKey.user_id == user.id))
+    assert key is not None
+    r = await client.post(f"/account/api-keys/{key.id}/revoke", data={"csrf_token": token[1]})
+    assert r.status_code == 303
+    await session.refresh(key)
+    assert key.revoked_at is not None
+
+
+async def test_expired_session_is_renewed_with_the_refresh_cookie(
+    client: httpx.AsyncClient, app: FastAPI, admin: User
+) -> None:
+    await sign_in(client, admin.email)
+    old = client.cookies["kiban_session"]
+    ttl = app.state.settings.access_token_ttl_seconds
+    with clock.shifted(timedelta(seconds=ttl + 120)):
+        r = await client.get("/admin")
+    assert r.status_code == 200
+    assert client.cookies["kiban_session"] != old
+
+
+async def test_sign_out_revokes_the_session(
+    client: httpx.AsyncClient, admin: User, session: AsyncSession
+) -> None:
+    await sign_in(client, admin.email)
+    token = CSRF.search((await client.get("/admin")).text)
+    assert token
+    r = await client.post("/logout", data={"csrf_token": token[1]})
+    assert r.status_code == 303
+    assert "kiban_session" not in client.cookies
+    live = await session.scalar(
+        select(RefreshToken).where(
+            RefreshToken.user_id == admin.id, RefreshToken.revoked_at.is_(None)
+        )
+    )
+    assert live is None
+    assert (await client.get("/admin")).status_code == 303
+
+
+async def test_export_by_cookie_renews_an_expired_session(
+    client: httpx.AsyncClient, app: FastAPI, admin: User
+) -> None:
+    await sign_in(client, admin.email)
+    old_refresh = client.cookies["kiban_refresh"]
+    ttl = app.state.settings.access_token_ttl_seconds
+    with clock.shifted(timedelta(seconds=ttl + 120)):
+        r = await client.get("/admin/analytics/export.csv")
+        assert r.status_code == 200
+        assert r.text.startswith("id,request_id,")
+        assert client.cookies["kiban_refresh"] != old_refresh
+        # The rotated pair works; replaying the old refresh token would have signed us out.
+        assert (await client.get("/admin/analytics/summary")).status_code == 200
+        assert (await client.get("/admin")).status_code == 200
