@@ -1,4 +1,4 @@
-"""kiban: the foundation behind an AI product (accounts, billing, a metered AI gateway, grounded answers)."""
+"""kiban: the foundation behind an AI product (accounts, billing, a metered AI gateway, RAG)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

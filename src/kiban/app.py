@@ -8,13 +8,24 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from kiban import __version__
+from kiban.auth.api_keys import wait_for_touches
 from kiban.auth.keys import load_keyring
+from kiban.billing.plans import activate as activate_plans
+from kiban.billing.plans import load_plans
+from kiban.billing.state import configure_grace, grace_period
+from kiban.billing.stripe_gateway import StripeGateway
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.errors import install_error_handlers
 from kiban.core.logging import configure_logging
 from kiban.core.middleware import RequestContextMiddleware
+from kiban.gateway.admission import OpenAdmission
+from kiban.gateway.quota import LIMIT_HEADERS
+from kiban.gateway.quota_runtime import cost_bound_from, running_admission
+from kiban.gateway.service import Gateway, GatewayConfig
+from kiban.knowledge.service import start as start_knowledge
 from kiban.settings import Settings
 
 log = structlog.get_logger("kiban.app")
@@ -25,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(json=settings.json_logs, level=settings.log_level)
     keyring, key_note = load_keyring(settings)
+    plans = load_plans(settings.plans_file)  # a bad plans file refuses to start, naming the field
+    activate_plans(plans)
+    gateway_config = GatewayConfig.load(settings)  # models and prices files, checked now
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,7 +49,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("jwt_key", note=key_note)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
+            stack.push_async_callback(wait_for_touches)  # API keys' last-used writes, then dispose
+            app.state.admission = await stack.enter_async_context(
+                running_admission(
+                    settings,
+                    plans,
+                    cost_bound=cost_bound_from(gateway_config.catalog, gateway_config.prices),
+                )
+            )
             # Domain services start here, in dependency order; each registers its own cleanup.
+            app.state.stripe = StripeGateway.from_settings(settings)
+            if app.state.stripe is not None:
+                stack.push_async_callback(app.state.stripe.aclose)
+            configure_grace(grace_period(settings.billing_past_due_grace_days))
+            await start_knowledge(engine.sync_engine, settings)
+            if getattr(app.state, "admission", None) is None:
+                app.state.admission = OpenAdmission()
+            app.state.gateway = Gateway.create(settings, app.state.sessionmaker, gateway_config)
+            await app.state.gateway.start()
+            stack.push_async_callback(app.state.gateway.close)
             log.info(
                 "started",
                 version=__version__,
@@ -56,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyring = keyring
+    app.state.plans = plans
     app.state.key_note = key_note
     install_error_handlers(app)
     if settings.cors_origins:
@@ -65,11 +98,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials=True,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", *LIMIT_HEADERS],
         )
     app.add_middleware(RequestContextMiddleware)
 
     from kiban import health
+    from kiban.admin import account as admin_account
+    from kiban.admin import dashboard as admin_dashboard
+    from kiban.admin import metrics as ops_metrics
+    from kiban.admin import router as admin_analytics
+    from kiban.admin import users as admin_users
+    from kiban.admin.pages import STATIC_DIR as ADMIN_STATIC_DIR
+    from kiban.auth import router as auth
+    from kiban.billing import router as billing
+    from kiban.gateway import quota_router, v1_router
+    from kiban.gateway import router as ai_router
+    from kiban.knowledge import router as knowledge
 
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(admin_users.router)
+    app.include_router(admin_analytics.router)
+    app.include_router(ops_metrics.router)
+    app.include_router(admin_dashboard.router)
+    app.include_router(admin_account.router)
+    app.mount("/admin/static", StaticFiles(directory=ADMIN_STATIC_DIR), name="admin-static")
+    app.include_router(billing.router)
+    app.include_router(quota_router.router)
+    app.include_router(knowledge.router)
+    app.include_router(ai_router.router)
+    app.include_router(v1_router.router)
     return app

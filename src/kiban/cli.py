@@ -69,9 +69,24 @@ def migrate(revision: str = typer.Argument("heads", help="Target revision.")) ->
     typer.echo(f"migrated {settings.database_url.split('@')[-1]} to {revision}")
 
 
+from kiban.billing.cli import billing_app, stripe_app  # noqa: E402
+
+app.add_typer(billing_app, name="billing")
+app.add_typer(stripe_app, name="stripe")
+
+
+from kiban.auth.cli import register as register_auth_commands  # noqa: E402
+
+register_auth_commands(app)  # create-admin, doctor, token explain
+
+
 def main() -> None:  # pragma: no cover
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from kiban.knowledge.cli import knowledge_app  # noqa: E402
+
+app.add_typer(knowledge_app, name="knowledge")  # seed, search

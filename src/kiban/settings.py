@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values seen in tutorials and templates; a production key must not be one of them.
@@ -66,11 +66,107 @@ class Settings(BaseSettings):
     login_failure_window_seconds: int = 15 * 60
     login_max_failures_per_address: int = 30
 
+    # --- plans and quotas ---------------------------------------------------------------------
+    plans_file: Path | None = None  # replaces the shipped src/kiban/billing/plans.toml
+    # A reservation not settled within this time (its process crashed) is released. Keep it
+    # above the longest request the gateway allows (its total deadline, a long stream).
+    quota_reservation_ttl_seconds: int = Field(default=900, ge=10)
+    quota_sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # "auto": Redis when KIBAN_REDIS_URL is set, else the database; or force one of them.
+    quota_backend: Literal["auto", "database", "redis"] = "auto"
+
+    # --- billing ------------------------------------------------------------------------------
+    stripe_secret_key: SecretStr | None = None  # sk_live_/sk_test_/rk_...; unset = billing off
+    # whsec_... of the webhook endpoint; several, comma-separated, while rolling the secret.
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None  # None = https://api.stripe.com; tests point it elsewhere
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0)
+    stripe_max_network_retries: int = Field(default=2, ge=0)
+    # While a renewal payment is failing, paid access lasts this long after the first failure
+    # (never beyond the end of the period).
+    billing_past_due_grace_days: float = Field(default=7.0, ge=0)
+    # Where Checkout and the Customer Portal send the user back (default: under base_url).
+    billing_success_url: str | None = None
+    billing_cancel_url: str | None = None
+    billing_portal_return_url: str | None = None
+
+    # --- gateway ------------------------------------------------------------------------------
+    models_file: Path | None = None  # replaces the shipped src/kiban/gateway/models.toml
+    prices_file: Path | None = None  # merged over the shipped src/kiban/gateway/prices.toml
+    default_model: str | None = None  # None: gpt-4o-mini with an upstream, else extractive
+    # The conventional OPENAI_* variables work too; the KIBAN_-prefixed ones win.
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("openai_api_key", "KIBAN_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "openai_base_url", "KIBAN_OPENAI_BASE_URL", "OPENAI_BASE_URL"
+        ),
+    )
+    upstream_timeout_seconds: float = Field(default=60.0, gt=0)  # one attempt, between bytes
+    upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    upstream_deadline_seconds: float = Field(default=120.0, gt=0)  # all attempts and fallbacks
+    upstream_max_retries: int = Field(default=3, ge=0)
+    upstream_backoff_seconds: float = Field(default=0.5, ge=0)  # first retry; doubles, jittered
+    upstream_backoff_max_seconds: float = Field(default=8.0, ge=0)
+    gateway_top_k: int = Field(default=5, ge=1, le=50)
+    gateway_context_token_budget: int = Field(default=3000, ge=100)
+    gateway_stream_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # What the ledger keeps of prompts and answers: everything, the first N characters, nothing.
+    gateway_content_policy: Literal["full", "truncated", "none"] = "truncated"
+    gateway_content_max_chars: int = Field(default=2000, ge=0)
+    ledger_queue_size: int = Field(default=10_000, ge=1)
+    ledger_batch_size: int = Field(default=500, ge=1)
+    # How long the writer waits to fill a batch: one insert per record costs ~10x a batched one.
+    ledger_flush_interval_seconds: float = Field(default=0.25, ge=0, le=0.9)
+
+    # --- knowledge ----------------------------------------------------------------------------
+    knowledge_max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # per uploaded file
+    knowledge_max_files: int = Field(default=20, ge=1)  # per upload request
+    knowledge_chunk_chars: int = Field(default=400, ge=50)  # target chunk size, in characters
+    knowledge_chunk_overlap_chars: int = Field(default=80, ge=0)
+    # Relevance gate (0..1): below it a chunk is "not relevant"; see docs/readme/40-knowledge.md.
+    knowledge_relevance_threshold: float = Field(default=0.42, ge=0, le=1)  # non-Japanese queries
+    knowledge_relevance_threshold_japanese: float = Field(default=0.58, ge=0, le=1)
+
+    # --- ops ----------------------------------------------------------------------------------
+    # GET /metrics answers clients in these networks (CIDR, comma-separated), or any client that
+    # sends "Authorization: Bearer <metrics_token>". Empty networks + no token = closed to all.
+    metrics_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"]
+    )
+    metrics_token: SecretStr | None = None
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("metrics_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("metrics_allowed_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as e:
+                raise ValueError(
+                    f"KIBAN_METRICS_ALLOWED_NETWORKS: {network!r} is not an address or CIDR "
+                    "network (e.g. 10.0.0.0/8, 127.0.0.1)"
+                ) from e
         return value
 
     @property

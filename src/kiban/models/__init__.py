@@ -1,7 +1,35 @@
 """ORM models, one module per table family. Importing this package registers every table."""
 
+from kiban.models.auth import ApiKey, LoginAttempt, RefreshToken
 from kiban.models.base import Base
+from kiban.models.billing import (
+    BillingCustomer,
+    BillingSubscription,
+    SubscriptionState,
+    WebhookEvent,
+)
+from kiban.models.knowledge import Document, DocumentChunk, KnowledgeTerm
+from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation
 from kiban.models.usage import UsageRecord, UsageStatus
 from kiban.models.user import Role, User
 
-__all__ = ["Base", "Role", "UsageRecord", "UsageStatus", "User"]
+__all__ = [
+    "ApiKey",
+    "ApiKeyLimit",
+    "Base",
+    "BillingCustomer",
+    "BillingSubscription",
+    "Document",
+    "DocumentChunk",
+    "KnowledgeTerm",
+    "LoginAttempt",
+    "QuotaPeriod",
+    "QuotaReservation",
+    "RefreshToken",
+    "Role",
+    "SubscriptionState",
+    "UsageRecord",
+    "UsageStatus",
+    "User",
+    "WebhookEvent",
+]
