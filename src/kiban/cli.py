@@ -6,6 +6,9 @@ import asyncio
 
 import typer
 
+from kiban.auth.cli import register as register_auth_commands
+from kiban.billing.cli import billing_app, stripe_app
+from kiban.knowledge.cli import knowledge_app
 from kiban.settings import ConfigurationError, Settings
 
 app = typer.Typer(
@@ -69,15 +72,11 @@ def migrate(revision: str = typer.Argument("heads", help="Target revision.")) ->
     typer.echo(f"migrated {settings.database_url.split('@')[-1]} to {revision}")
 
 
-from kiban.billing.cli import billing_app, stripe_app  # noqa: E402
-
-app.add_typer(billing_app, name="billing")
-app.add_typer(stripe_app, name="stripe")
-
-
-from kiban.auth.cli import register as register_auth_commands  # noqa: E402
-
+# Each domain contributes its commands.
 register_auth_commands(app)  # create-admin, doctor, token explain
+app.add_typer(billing_app, name="billing")  # expire, reconcile
+app.add_typer(stripe_app, name="stripe")  # simulate
+app.add_typer(knowledge_app, name="knowledge")  # seed, search
 
 
 def main() -> None:  # pragma: no cover
@@ -86,7 +85,3 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-from kiban.knowledge.cli import knowledge_app  # noqa: E402
-
-app.add_typer(knowledge_app, name="knowledge")  # seed, search

@@ -28,7 +28,7 @@ class UsageRecord(Base):
     __table_args__ = (
         Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
         Index("ix_usage_records_created_at", "created_at"),
-        # Admin analytics (migration 0008): a covering index, so a window's summary is an
+        # Admin analytics (migration 0007): a covering index, so a window's summary is an
         # index-only range scan that never reads the wide rows (prompt and response text).
         Index(
             "ix_usage_records_analytics",

@@ -26,7 +26,7 @@ class User(TimestampMixin, Base):
     role: Mapped[str] = mapped_column(String(16), default=Role.USER)
     is_active: Mapped[bool] = mapped_column(default=True)
     last_login_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Plan set by an admin (quota migration 0006); None = the plans file's default plan.
+    # Plan set by an admin (quota migration 0005); None = the plans file's default plan.
     # Billing's subscription state takes precedence (billing.entitlements.resolve_entitlement).
     plan: Mapped[str | None] = mapped_column(String(64), default=None)
 
