@@ -52,6 +52,11 @@ class Principal:
 
     user: User
     api_key_id: uuid.UUID | None = None
+    # False: the user had no subscription that could grant paid access when authenticated, so
+    # the entitlement need not look one up; None: not known (ask billing).
+    may_be_subscribed: bool | None = None
+    # False: the API key has no rate limits of its own (the admission skips the key window).
+    key_has_limits: bool | None = None
 
     @property
     def via_api_key(self) -> bool:
@@ -83,8 +88,13 @@ async def get_principal(
 ) -> Principal:
     """Authenticate the request by access token (JWT) or API key (``kb_…``)."""
     if looks_like_api_key(token):
-        key, user = await authenticate_api_key(session, sessionmaker, token)
-        principal = Principal(user=user, api_key_id=key.id)
+        found_key = await authenticate_api_key(session, sessionmaker, token)
+        principal = Principal(
+            user=found_key.user,
+            api_key_id=found_key.key.id,
+            may_be_subscribed=found_key.may_be_subscribed,
+            key_has_limits=found_key.has_own_limits,
+        )
     else:
         claims = verify_access_token(keyring, settings, token)
         found = await session.get(User, claims.sub)

@@ -41,18 +41,35 @@ def calendar_month(now: datetime) -> tuple[datetime, datetime]:
 
 
 async def resolve_entitlement(
-    session: AsyncSession, user: User, now: datetime, *, catalog: PlanCatalog | None = None
+    session: AsyncSession,
+    user: User,
+    now: datetime,
+    *,
+    catalog: PlanCatalog | None = None,
+    may_be_subscribed: bool | None = None,
 ) -> Entitlement:
     """The plan the user has at ``now`` and the quota period ``now`` falls in."""
     catalog = catalog or active_catalog()
-    start, end = calendar_month(now)
     # Billing: a subscription granting paid access now (state allows it, period not over)
-    # decides the plan, and its billing period is the quota period.
+    # decides the plan, and its billing period is the quota period. ``may_be_subscribed=False``
+    # (``state.may_have_paid_access`` read earlier in this request, e.g. with the API key) proves
+    # there is none, so most requests (free users) skip this query: no cache, nothing to go stale.
+    if may_be_subscribed is False:
+        return unsubscribed_entitlement(user, now, catalog=catalog)
     sub = await paid_subscription(session, user.id, now, default_grace())
     plan = catalog.for_price(sub.price_id) if sub is not None and sub.price_id else None
     if sub is not None and plan is not None and sub.current_period_end is not None:
-        sub_start = sub.current_period_start or start
+        sub_start = sub.current_period_start or calendar_month(now)[0]
         return Entitlement(plan, sub_start, sub.current_period_end, source="subscription")
+    return unsubscribed_entitlement(user, now, catalog=catalog)
+
+
+def unsubscribed_entitlement(
+    user: User, now: datetime, *, catalog: PlanCatalog | None = None
+) -> Entitlement:
+    """The entitlement of a user known to have no paid subscription at ``now`` (no query)."""
+    catalog = catalog or active_catalog()
+    start, end = calendar_month(now)
     if user.plan is not None and user.plan in catalog.plans:
         return Entitlement(catalog.plans[user.plan], start, end, source="admin")
     return Entitlement(catalog.default, start, end, source="default")

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kiban.billing.entitlements import Entitlement, resolve_entitlement
+from kiban.billing.entitlements import Entitlement, resolve_entitlement, unsubscribed_entitlement
 from kiban.billing.plans import Plan, PlanCatalog
 from kiban.core import clock
 from kiban.core.metrics import QUOTA_REJECTIONS
@@ -131,17 +131,25 @@ class QuotaAdmission:
         self._ttl = reservation_ttl
         self.cost_bound = cost_bound
 
-    async def entitlement(self, user: User, now: datetime) -> Entitlement:
+    async def entitlement(
+        self, user: User, now: datetime, *, may_be_subscribed: bool | None = None
+    ) -> Entitlement:
         """The user's plan and period (the session connects only if billing needs to query)."""
+        if may_be_subscribed is False:  # not even a session object: this is most requests
+            return unsubscribed_entitlement(user, now, catalog=self.catalog)
         async with self._sessionmaker() as session:
-            return await resolve_entitlement(session, user, now, catalog=self.catalog)
+            return await resolve_entitlement(
+                session, user, now, catalog=self.catalog, may_be_subscribed=may_be_subscribed
+            )
 
     async def admit(self, request: AdmissionRequest) -> Ticket:
         """Check the plan, take the rate window and reserve the upper bound, or raise."""
         user = request.principal.user
         now = clock.now()
         try:
-            entitlement = await self.entitlement(user, now)
+            entitlement = await self.entitlement(
+                user, now, may_be_subscribed=request.principal.may_be_subscribed
+            )
         except (SQLAlchemyError, OSError) as e:
             log.error("quota_store_unavailable", error=str(e))
             raise QuotaUnavailable(headers={"Retry-After": "5"}) from e
@@ -193,7 +201,9 @@ class QuotaAdmission:
     ) -> KeyWindow | None:
         """The API key's own limits, when the request came with a key that has some."""
         key_id = request.principal.api_key_id
-        if key_id is None:
+        # key_has_limits is False when the key had no limits row at authentication, moments ago
+        # in this request (a limit set meanwhile counts from the next request on).
+        if key_id is None or request.principal.key_has_limits is False:
             return None
         try:
             window = await self.store.take_key_window(key_id, tokens, window_of(now.timestamp()))

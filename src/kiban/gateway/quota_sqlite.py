@@ -4,8 +4,8 @@ Every call into aiosqlite is a hop to its thread and back, and SQLAlchemy's curs
 three or four of them per statement (cursor, execute, fetch, close), plus one to reset the
 connection when it returns to the pool. Under load each hop costs far more than the statement
 itself. Here the same SQLAlchemy Core statements, compiled once by the engine's dialect, run
-with ``execute_fetchall``: one hop per statement, and a reserve or a settle is one
-``BEGIN IMMEDIATE`` transaction of four hops.
+with ``execute_fetchall``: one hop per statement; and a reserve or a settle is one
+``BEGIN IMMEDIATE`` transaction run whole on the connection's thread: one hop (``in_one_hop``).
 
 Parameters are converted the way SQLAlchemy stores them on SQLite (UUIDs as 32 hex characters,
 UTC datetimes as naive ``YYYY-MM-DD HH:MM:SS.ffffff``), so rows written either way compare equal.
@@ -13,15 +13,18 @@ UTC datetimes as naive ``YYYY-MM-DD HH:MM:SS.ffffff``), so rows written either w
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import Compiled
+
+T = TypeVar("T")
 
 
 def _value(value: Any) -> Any:
@@ -60,22 +63,44 @@ class RawSqlite:
             prepared = self._prepared[name] = Prepared(statement, self._engine.dialect)
         return prepared
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Any]:
-        """An aiosqlite connection inside ``BEGIN IMMEDIATE`` (the write lock taken up front)."""
+    async def in_one_hop(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` inside ``BEGIN IMMEDIATE`` … ``COMMIT`` in ONE trip to aiosqlite's thread.
+
+        Statement by statement, a reserve or a settle cost four thread hops (BEGIN, two
+        statements, COMMIT), and under load each hop waits for a core; here the whole transaction
+        is one function on the connection's own thread (aiosqlite's ``_execute``, the call its
+        public methods are built on; its queue is FIFO, so the pool's next use of the connection
+        runs after the COMMIT even if the awaiting task is cancelled). ``work`` only runs
+        statements on the connection it is given.
+        """
         async with self._engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
-            await raw.execute_fetchall("BEGIN IMMEDIATE")
-            try:
-                yield raw
-            except BaseException:
+
+            stuck = False  # a failed ROLLBACK: the connection may still be in a transaction
+
+            def transaction() -> T:
+                nonlocal stuck
+                db: sqlite3.Connection = raw._conn
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    await raw.execute_fetchall("ROLLBACK")
-                except Exception:
+                    result = work(db)
+                    db.execute("COMMIT")
+                except BaseException:
+                    try:
+                        db.execute("ROLLBACK")
+                    except Exception:
+                        stuck = True
+                    raise
+                return result
+
+            try:
+                result: T = await raw._execute(transaction)
+            except BaseException:
+                if stuck:
                     await conn.invalidate()  # never hand back a connection mid-transaction
                 raise
-            await raw.execute_fetchall("COMMIT")
+            return result
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:

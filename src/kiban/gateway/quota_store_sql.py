@@ -20,6 +20,7 @@ connections can never starve the quota path.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -205,24 +206,29 @@ class SqlQuotaStore:
                 return (await conn.execute(self._reserve_pg, params)).first()
         take = self._raw.prepare("take", self._take)
         record = self._raw.prepare("record", self._insert_reservation)
-        async with self._raw.transaction() as raw:
-            rows = await self._raw.rows(raw, take, params)
+        # Bound here, run in one hop (RawSqlite.in_one_hop); period_id comes from the take.
+        take_args = take.bind(params)
+        record_params = {
+            "id": params["rid"],
+            "period_id": 0,
+            "tokens": params["n"],
+            "cost_nanos": params["c"],
+            "expires_at": params["exp"],
+            "created_at": params["now"],
+        }
+        period_at = list(record.names).index("period_id")
+
+        def work(db: sqlite3.Connection) -> TakenRow | None:
+            rows = db.execute(take.sql, take_args).fetchall()
             if not rows:
                 return None
             row = TakenRow(*rows[0])
-            await self._raw.rows(
-                raw,
-                record,
-                {
-                    "id": params["rid"],
-                    "period_id": row.id,
-                    "tokens": params["n"],
-                    "cost_nanos": params["c"],
-                    "expires_at": params["exp"],
-                    "created_at": params["now"],
-                },
-            )
+            args = list(record.bind(record_params))
+            args[period_at] = row.id
+            db.execute(record.sql, args).fetchall()
             return row
+
+        return await self._raw.in_one_hop(work)
 
     async def _create_period(
         self,
@@ -261,14 +267,19 @@ class SqlQuotaStore:
             return bool(held)
         release = self._raw.prepare("release", self._delete_reservation)
         settle = self._raw.prepare("settle", self._settle_sqlite)
-        async with self._raw.transaction() as raw:
-            held = await self._raw.rows(raw, release, params)
+        release_args = release.bind(params)
+
+        def work(db: sqlite3.Connection) -> bool:
+            held = db.execute(release.sql, release_args).fetchall()
             params["held_t"] = held[0][0] if held else 0
             params["held_c"] = held[0][1] if held else 0
             if not held:
                 params["rel"] = 0
-            await self._raw.rows(raw, settle, params)
-        return bool(held)
+            db.execute(settle.sql, settle.bind(params)).fetchall()
+            return bool(held)
+
+        # One hop for the whole transaction (RawSqlite.in_one_hop).
+        return await self._raw.in_one_hop(work)
 
     # --- expiry, reads, grants -----------------------------------------------------------------
 
