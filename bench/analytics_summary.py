@@ -6,7 +6,8 @@
     python bench/analytics_summary.py --rows 200000 --repeat 3
 
 It builds a ledger of ``--rows`` records over 30 days from 1,000 users (a scratch SQLite file, or
-a scratch PostgreSQL database that is dropped afterwards), then prints the median time of each
+a scratch PostgreSQL database that is dropped afterwards), backfills the rollups with migration
+0008 (timed), then prints the median time of each
 query, and the ratio to a baseline measured in the same run: a plain indexed ``count(*)`` over
 the same window. It also checks the summary's percentiles against a plain ``ORDER BY ... OFFSET``
 and times that naive way, and streams the CSV export of the whole ledger to measure its memory.
@@ -33,15 +34,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from kiban.admin import analytics, quotas, usage_log
+from kiban.admin import analytics, quotas, rollups, usage_log
 from kiban.admin.analytics import Window
 from kiban.admin.percentiles import nearest_rank
 from kiban.admin.schemas import GroupBy, Interval, RankBy
-from kiban.core.db import create_engine, create_sessionmaker
+from kiban.core.db import create_engine, create_sessionmaker, session_scope
 from kiban.core.migrations import upgrade
 from kiban.models import UsageRecord, User
 
@@ -94,20 +95,27 @@ def rows(n: int, users: list[uuid.UUID], seed: int = 1) -> Any:
 
 async def build(url: str, n: int) -> None:
     engine = create_engine(url)
-    await upgrade(engine)
+    # The schema before the rollups; migration 0008 then backfills them from the ledger, as it
+    # does when an existing install upgrades (timed below).
+    await upgrade(engine, "0007")
     sessionmaker = create_sessionmaker(engine)
     async with sessionmaker() as session:
         users = [User(email=f"bench-{i}@example.com", password_hash="x") for i in range(USERS)]
         session.add_all(users)
         await session.commit()
         ids = [u.id for u in users]
-    await engine.dispose()
     started = time.perf_counter()
     if url.startswith("sqlite"):
         _insert_sqlite(make_url(url).database or "", n, ids)
     else:
         await _insert_postgres(url, n, ids)
     print(f"  built {n:,} rows in {time.perf_counter() - started:.0f} s")
+    started = time.perf_counter()
+    await upgrade(engine)
+    print(f"  migration 0008 backfilled the rollups in {time.perf_counter() - started:.1f} s")
+    async with engine.begin() as conn:  # planner statistics for the new tables
+        await conn.execute(text("ANALYZE"))
+    await engine.dispose()
 
 
 def _insert_sqlite(path: str, n: int, ids: list[uuid.UUID]) -> None:
@@ -201,9 +209,42 @@ async def measure(url: str, repeat: int, export: bool) -> None:
         got = (summary.latency_p50_ms, summary.latency_p95_ms, summary.latency_p99_ms)
         verdict = "equal" if got == exact else f"DIFFERENT: {got} != {exact}"
         print(f"  naive ORDER BY/OFFSET percentiles       {naive_ms:8.1f} ms   (results {verdict})")
+    await measure_writes(engine)
     if export:
         await measure_export(engine, month)
     await engine.dispose()
+
+
+async def measure_writes(engine: Any, batches: int = 40, size: int = 500) -> None:
+    """What the rollups add to the ledger writer's batch: the same insert, with and without them.
+
+    Batches alternate (with, without) so both see the same load; their rows land after the
+    measured month. The batches written without rollups leave this scratch ledger and its
+    rollups apart, which is why this runs last.
+    """
+    users = [uuid.uuid4() for _ in range(USERS)]
+    sessionmaker = create_sessionmaker(engine)
+    generated = rows(batches * size, users, seed=2)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    async with sessionmaker() as session:
+        session.add_all(User(id=u, email=f"w-{u}@example.com", password_hash="x") for u in users)
+        await session.commit()
+    for i in range(batches):
+        batch = [dict(zip(COLUMNS, next(generated), strict=True)) for _ in range(size)]
+        for record in batch:
+            record["created_at"] += timedelta(days=DAYS + 1)
+        with_rollups = i % 2 == 0
+        started = time.perf_counter()
+        async with session_scope(sessionmaker) as session:
+            if with_rollups:
+                await rollups.add(session, batch)
+            await session.execute(insert(UsageRecord), batch)
+        times[with_rollups].append(time.perf_counter() - started)
+    plain, rolled = (statistics.median(times[k]) * 1000 for k in (False, True))
+    print(
+        f"  ledger batch of {size}: {plain:.1f} ms without rollups, {rolled:.1f} ms with"
+        f" ({rolled / plain:.2f}x)"
+    )
 
 
 async def naive_percentiles(session: AsyncSession, window: Window) -> tuple[float, ...]:

@@ -6,6 +6,7 @@ import asyncio
 
 import typer
 
+from kiban.admin.cli import admin_app
 from kiban.auth.cli import register as register_auth_commands
 from kiban.billing.cli import billing_app, stripe_app
 from kiban.knowledge.cli import knowledge_app
@@ -77,6 +78,7 @@ register_auth_commands(app)  # create-admin, doctor, token explain
 app.add_typer(billing_app, name="billing")  # expire, reconcile
 app.add_typer(stripe_app, name="stripe")  # simulate
 app.add_typer(knowledge_app, name="knowledge")  # seed, search
+app.add_typer(admin_app, name="admin")  # rebuild-rollups
 
 
 def main() -> None:  # pragma: no cover

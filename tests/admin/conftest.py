@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.admin import rollups
 from kiban.models import UsageRecord
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
@@ -70,6 +71,9 @@ def make_records(
 
 
 async def seed(session: AsyncSession, records: list[UsageRecord]) -> None:
+    """Insert ledger records as the ledger writer does: with their rollups, in one transaction."""
+    columns = [c.key for c in UsageRecord.__table__.columns if c.key != "id"]
+    await rollups.add(session, [{c: getattr(r, c) for c in columns} for r in records])
     session.add_all(records)
     await session.commit()
 

@@ -44,16 +44,31 @@ async def ledger(session: AsyncSession, user: User, admin: User) -> list[UsageRe
     return records
 
 
+# Windows of whole hours (read from the rollup), partial hours at both ends (the ledger), and
+# inside a single hour (the ledger alone).
+MINUTE = timedelta(minutes=1)
+WINDOWS = {
+    "whole hours": (T0, T0 + timedelta(hours=24)),
+    "ragged ends": (T0 + 17 * MINUTE, T0 + timedelta(hours=26, minutes=5)),
+    "inside one hour": (T0 + 10 * MINUTE, T0 + 50 * MINUTE),
+}
+DAY_WINDOWS = {
+    "whole days": (T0, T0 + timedelta(days=3)),
+    "ragged days": (T0 + timedelta(hours=3, minutes=41), T0 + timedelta(days=2, hours=9)),
+}
+
+
+@pytest.mark.parametrize("name", WINDOWS)
 async def test_summary_matches_python_over_the_window(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord]
+    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord], name: str
 ) -> None:
-    start, end = T0, T0 + timedelta(hours=24)
+    start, end = WINDOWS[name]
     r = await client.get(
         "/admin/analytics/summary", params=_window(start, end), headers=admin_headers
     )
     assert r.status_code == 200, r.text
     inside = [rec for rec in ledger if start <= rec.created_at < end]
-    assert 150 < len(inside) < len(ledger)
+    assert 0 < len(inside) < len(ledger)
     _assert_figures(r.json(), expected_figures(inside))
 
 
@@ -160,24 +175,37 @@ async def test_timeseries_per_hour_and_model_matches_python(
             _assert_figures(point, expected_figures(members))
 
 
-async def test_timeseries_per_day_and_plan_counts_every_record(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord]
+@pytest.mark.parametrize("name", DAY_WINDOWS)
+async def test_timeseries_per_day_and_plan_matches_python(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord], name: str
 ) -> None:
-    params = {**_window(T0, T0 + timedelta(days=3)), "interval": "day", "group_by": "plan"}
+    start, end = DAY_WINDOWS[name]
+    params = {**_window(start, end), "interval": "day", "group_by": "plan"}
     r = await client.get("/admin/analytics/timeseries", params=params, headers=admin_headers)
     body = r.json()
-    groups = {s["group"]: sum(p["requests"] for p in s["points"]) for s in body["series"]}
-    want: dict[str | None, int] = {}
-    for rec in ledger:
-        if rec.created_at < T0 + timedelta(days=3):
-            want[rec.plan] = want.get(rec.plan, 0) + 1
-    assert groups == want
+    inside = [rec for rec in ledger if start <= rec.created_at < end]
+    assert {s["group"] for s in body["series"]} == {rec.plan for rec in inside}
+    for series in body["series"]:
+        for point in series["points"]:
+            day = point["bucket"][:10]
+            members = [
+                rec
+                for rec in inside
+                if rec.plan == series["group"] and rec.created_at.date().isoformat() == day
+            ]
+            _assert_figures(point, expected_figures(members))
 
 
+@pytest.mark.parametrize("name", DAY_WINDOWS)
 async def test_top_users_by_cost_tokens_and_requests(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord], user: User
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    ledger: list[UsageRecord],
+    user: User,
+    name: str,
 ) -> None:
-    window = _window(T0, T0 + timedelta(days=3))
+    start, end = DAY_WINDOWS[name]
+    window = _window(start, end)
     for by, metric in (
         ("cost", lambda rs: sum((r.estimated_cost or Decimal(0)) for r in rs)),
         ("tokens", lambda rs: sum(r.total_tokens for r in rs)),
@@ -192,7 +220,7 @@ async def test_top_users_by_cost_tokens_and_requests(
         users = r.json()["users"]
         per_user: dict[str | None, list[UsageRecord]] = {}
         for rec in ledger:
-            if rec.created_at < T0 + timedelta(days=3):
+            if start <= rec.created_at < end:
                 per_user.setdefault(str(rec.user_id) if rec.user_id else None, []).append(rec)
         ranked = sorted(per_user.items(), key=lambda kv: metric(kv[1]), reverse=True)[:2]
         assert [u["user_id"] for u in users] == [k for k, _ in ranked], by
@@ -205,19 +233,22 @@ async def test_top_users_by_cost_tokens_and_requests(
     assert user.email in emails or None in emails or len(emails) == 2
 
 
+@pytest.mark.parametrize("name", WINDOWS)
 async def test_mix_per_endpoint(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord]
+    client: httpx.AsyncClient, admin_headers: dict[str, str], ledger: list[UsageRecord], name: str
 ) -> None:
+    start, end = WINDOWS[name]
     r = await client.get(
         "/admin/analytics/mix",
-        params={**_window(T0, T0 + timedelta(days=3)), "by": "endpoint"},
+        params={**_window(start, end), "by": "endpoint"},
         headers=admin_headers,
     )
-    got = {m["group"]: m["requests"] for m in r.json()}
-    want: dict[str, int] = {}
+    got = {m["group"]: (m["requests"], Decimal(m["cost_usd"])) for m in r.json()}
+    want: dict[str, tuple[int, Decimal]] = {}
     for rec in ledger:
-        if rec.created_at < T0 + timedelta(days=3):
-            want[rec.endpoint] = want.get(rec.endpoint, 0) + 1
+        if start <= rec.created_at < end:
+            n, cost = want.get(rec.endpoint, (0, Decimal(0)))
+            want[rec.endpoint] = (n + 1, cost + (rec.estimated_cost or 0))
     assert got == want
 
 

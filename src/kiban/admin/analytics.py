@@ -11,6 +11,9 @@ Definitions (also in the README and checked by the tests against plain Python):
   counted in ``unpriced_requests`` when they used tokens.
 
 Sums of cost are taken in integer units of 1e-10 USD (the ledger's scale), exact on both databases.
+Counts, tokens and cost come from the rollups for the whole hours (days, for top users) of a
+window and from the ledger for its partial edges (``kiban.admin.rollups``); percentiles always
+come from the ledger.
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     String,
+    and_,
     cast,
     func,
     literal,
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.admin import rollups
 from kiban.admin.exceptions import InvalidWindow, TooManyBuckets
 from kiban.admin.percentiles import Column, Selection, Wanted, nearest_rank
 from kiban.admin.schemas import (
@@ -49,7 +56,8 @@ from kiban.admin.schemas import (
     TopUser,
     TopUsers,
 )
-from kiban.models import UsageRecord, UsageStatus, User
+from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus, User
+from kiban.models.rollup import NO_PLAN
 
 COST_SCALE = 10**10  # the ledger stores Numeric(20, 10)
 MAX_BUCKETS = 2_000
@@ -58,6 +66,8 @@ TTFT_PERCENTS = (50, 95)
 STATUSES = tuple(s.value for s in UsageStatus)
 
 U = UsageRecord
+R = UsageRollupHourly
+D = UsageRollupUserDaily
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ def _aggregates() -> list[ColumnElement[Any]]:
         *(func.count().filter(U.status == s).label(f"s_{s}") for s in STATUSES),
         func.sum(U.prompt_tokens).label("prompt_tokens"),
         func.sum(U.completion_tokens).label("completion_tokens"),
+        func.sum(U.total_tokens).label("total_tokens"),
         func.sum(cost_units()).label("cost_units"),
         func.count().filter(U.estimated_cost.is_(None), U.total_tokens > 0).label("unpriced"),
     ]
@@ -140,9 +151,54 @@ def _figures(
     }
 
 
+_AGGREGATE_NAMES = (
+    "requests",
+    *(f"s_{s}" for s in STATUSES),
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_units",
+    "unpriced",
+)
+
+
 def _empty_figures() -> dict[str, Any]:
-    names = ["requests", "prompt_tokens", "completion_tokens", "cost_units", "unpriced"]
-    return _figures(dict.fromkeys([*names, *(f"s_{s}" for s in STATUSES)], 0), {}, {})
+    return _figures(dict.fromkeys(_AGGREGATE_NAMES, 0), {}, {})
+
+
+def _between(column: Any, edges: Sequence[tuple[datetime, datetime]]) -> ColumnElement[bool]:
+    return or_(*(and_(column >= a, column < b) for a, b in edges))
+
+
+async def _hourly(
+    session: AsyncSession, window: Window, keys: Sequence[tuple[Any, Any]]
+) -> dict[tuple[Any, ...], dict[str, int]]:
+    """The aggregates per key: whole hours from the rollup, the window's edges from the ledger.
+
+    ``keys`` are pairs of expressions, over the rollup and over the ledger, that must give equal
+    values for the same records (a bucket's text, a group).
+    """
+    split = rollups.split(window.start, window.end, rollups.HOUR)
+    queries = []
+    if split.whole:
+        whole = (R.hour >= split.whole[0], R.hour < split.whole[1])
+        labelled = [k.label(f"k{i}") for i, (k, _) in enumerate(keys)]
+        queries.append(
+            select(*labelled, *rollups.hourly_aggregates()).where(*whole).group_by(*labelled)
+        )
+    if split.edges:
+        labelled = [k.label(f"k{i}") for i, (_, k) in enumerate(keys)]
+        edges = _between(U.created_at, split.edges)
+        queries.append(select(*labelled, *_aggregates()).where(edges).group_by(*labelled))
+    merged: dict[tuple[Any, ...], dict[str, int]] = {}
+    for query in queries:
+        for row in await session.execute(query):
+            values = row._mapping
+            key = tuple(values[f"k{i}"] for i in range(len(keys)))
+            slot = merged.setdefault(key, dict.fromkeys(_AGGREGATE_NAMES, 0))
+            for name in _AGGREGATE_NAMES:
+                slot[name] += int(values[name] or 0)
+    return merged
 
 
 async def summary(
@@ -171,13 +227,25 @@ async def summary(
         in_scope=in_scope,
         **tuning,
     )
-    await selection.prepare(session)
-    aggregates = _aggregates()
-    row = (
-        await session.execute(select(*aggregates, *selection.count_columns()).where(*filters))
-    ).one()
-    latency, ttft = await selection.finish(session, row[len(aggregates) :])
-    return Summary(start=window.start, end=window.end, **_figures(row._mapping, latency, ttft))
+    if user_id is not None:
+        # The rollup has no per-user hours; the ledger's (user_id, created_at) index serves this.
+        await selection.prepare(session)
+        aggregates = _aggregates()
+        query = select(*aggregates, *selection.count_columns()).where(*filters)
+        row = (await session.execute(query)).one()
+        totals: Mapping[Any, Any] = row._mapping
+        counted: Sequence[Any] = row[len(aggregates) :]
+    else:
+        empty = dict.fromkeys(_AGGREGATE_NAMES, 0)
+        totals = (await _hourly(session, window, [])).get((), empty)
+        # The rollups know the window's size: the selection need not count it again.
+        await selection.prepare(session, rows=totals["requests"])
+        counted = []
+        if selection.needs_counts:
+            query = select(*selection.count_columns()).where(*filters)
+            counted = (await session.execute(query)).one()
+    latency, ttft = await selection.finish(session, counted)
+    return Summary(start=window.start, end=window.end, **_figures(totals, latency, ttft))
 
 
 # --- time series ---------------------------------------------------------------------------
@@ -195,13 +263,15 @@ def bucket_starts(window: Window, interval: Interval) -> list[datetime]:
     return [first + i * step for i in range(count)]
 
 
-def _bucket_expr(session: AsyncSession, interval: Interval) -> ColumnElement[str]:
+def _bucket_expr(
+    session: AsyncSession, interval: Interval, column: Any = U.created_at
+) -> ColumnElement[str]:
     # The only dialect-specific SQL here: the bucket as text, 'YYYY-MM-DD HH' or 'YYYY-MM-DD'.
     if session.get_bind().dialect.name == "sqlite":
         # SQLite stores UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' text.
-        return func.substr(cast(U.created_at, String), 1, 13 if interval is Interval.HOUR else 10)
+        return func.substr(cast(column, String), 1, 13 if interval is Interval.HOUR else 10)
     fmt = "YYYY-MM-DD HH24" if interval is Interval.HOUR else "YYYY-MM-DD"
-    return func.to_char(func.timezone("UTC", U.created_at), fmt)
+    return func.to_char(func.timezone("UTC", column), fmt)
 
 
 def _parse_bucket(text: str) -> datetime:
@@ -215,6 +285,18 @@ _GROUP_COLUMNS = {
     GroupBy.STATUS: U.status,
     GroupBy.PLAN: U.plan,
 }
+_ROLLUP_GROUPS: dict[GroupBy, Any] = {
+    GroupBy.MODEL: R.model,
+    GroupBy.ENDPOINT: R.endpoint,
+    GroupBy.STATUS: R.status,
+    GroupBy.PLAN: func.nullif(R.plan, NO_PLAN),  # the rollup keeps no plan as ''
+}
+
+
+def _group_keys(group_by: GroupBy | None) -> tuple[Any, Any]:
+    if group_by is None:
+        return literal(None, String), literal(None, String)
+    return _ROLLUP_GROUPS[group_by], _GROUP_COLUMNS[group_by]
 
 
 async def timeseries(
@@ -228,9 +310,11 @@ async def timeseries(
     ).label("g")
     filters = window.filters()
     await without_jit(session)
-    rows = await session.execute(
-        select(bucket, group, *_aggregates()).where(*filters).group_by(bucket, group)
-    )
+    keys = [
+        (_bucket_expr(session, interval, R.hour), _bucket_expr(session, interval)),
+        _group_keys(group_by),
+    ]
+    rows = await _hourly(session, window, keys)
     attempted = [*filters, U.status != UsageStatus.REJECTED]
     latency = await _grouped_percentiles(
         session, bucket, group, U.response_time_ms, attempted, LATENCY_PERCENTS
@@ -245,13 +329,12 @@ async def timeseries(
     )
     by_group: dict[str | None, dict[datetime, dict[str, Any]]] = {}
     totals: dict[str | None, int] = {}
-    for row in rows:
-        key = (row.b, row.g)
-        when = _parse_bucket(row.b)
-        by_group.setdefault(row.g, {})[when] = _figures(
-            row._mapping, latency.get(key, {}), ttft.get(key, {})
+    for (b, g), values in rows.items():
+        key = (b, g)
+        by_group.setdefault(g, {})[_parse_bucket(b)] = _figures(
+            values, latency.get(key, {}), ttft.get(key, {})
         )
-        totals[row.g] = totals.get(row.g, 0) + int(row.requests)
+        totals[g] = totals.get(g, 0) + values["requests"]
     if not by_group and group_by is None:
         by_group[None] = {}
     empty = _empty_figures()
@@ -303,18 +386,17 @@ async def _grouped_percentiles(
 
 async def mix(session: AsyncSession, window: Window, group_by: GroupBy) -> list[MixEntry]:
     """Requests, tokens and cost per model, endpoint, status or plan, largest first."""
-    column = _GROUP_COLUMNS[group_by]
-    requests = func.count()
     await without_jit(session)
-    rows = await session.execute(
-        select(column, requests, func.sum(U.total_tokens), func.sum(cost_units()))
-        .where(*window.filters())
-        .group_by(column)
-        .order_by(requests.desc(), column)
-    )
+    rows = await _hourly(session, window, [_group_keys(group_by)])
+    ordered = sorted(rows.items(), key=lambda kv: (-kv[1]["requests"], kv[0][0] is None, kv[0]))
     return [
-        MixEntry(group=g, requests=int(n), total_tokens=int(t or 0), cost_usd=units_to_usd(c))
-        for g, n, t, c in rows
+        MixEntry(
+            group=g,
+            requests=v["requests"],
+            total_tokens=v["total_tokens"],
+            cost_usd=units_to_usd(v["cost_units"]),
+        )
+        for (g,), v in ordered
     ]
 
 
@@ -323,17 +405,44 @@ async def mix(session: AsyncSession, window: Window, group_by: GroupBy) -> list[
 
 async def top_users(session: AsyncSession, window: Window, by: RankBy, limit: int) -> TopUsers:
     """The users with the most cost, tokens or requests in the window."""
-    requests = func.count().label("requests")
-    tokens = func.sum(U.total_tokens).label("tokens")
-    cost = func.sum(cost_units()).label("cost")
+    # Whole days from the per-user rollup, the edges from the ledger, ranked together. The join
+    # to users turns the rollup's "no user" (and a deleted user, whose ledger rows lost their
+    # user_id) into NULL, as in the ledger.
+    split = rollups.split(window.start, window.end, rollups.DAY)
+    parts: list[Select[Any, int, int, Any]] = []
+    if split.whole:
+        parts.append(
+            select(
+                D.user_id.label("user_id"),
+                D.requests.label("requests"),
+                D.total_tokens.label("total_tokens"),
+                D.cost_units.label("cost_units"),
+            ).where(D.day >= split.whole[0], D.day < split.whole[1])
+        )
+    if split.edges:
+        parts.append(
+            select(
+                U.user_id.label("user_id"),
+                func.count().label("requests"),
+                func.sum(U.total_tokens).label("total_tokens"),
+                func.sum(cost_units()).label("cost_units"),
+            )
+            .where(_between(U.created_at, split.edges))
+            .group_by(U.user_id)
+        )
+    both = union_all(*parts).subquery()
+    user = User.id.label("user_id")
+    requests = func.sum(both.c.requests).label("requests")
+    tokens = func.sum(both.c.total_tokens).label("tokens")
+    cost = func.sum(both.c.cost_units).label("cost")
     order = {RankBy.COST: cost, RankBy.TOKENS: tokens, RankBy.REQUESTS: requests}[by]
     await without_jit(session)
     rows = (
         await session.execute(
-            select(U.user_id, requests, tokens, cost)
-            .where(*window.filters())
-            .group_by(U.user_id)
-            .order_by(func.coalesce(order, 0).desc(), U.user_id)
+            select(user, requests, tokens, cost)
+            .select_from(both.outerjoin(User, User.id == both.c.user_id))
+            .group_by(User.id)
+            .order_by(func.coalesce(order, 0).desc(), User.id)
             .limit(limit)
         )
     ).all()

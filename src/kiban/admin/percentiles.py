@@ -99,12 +99,27 @@ class Selection:
     _exact: list[dict[int, float | None]] | None = field(default=None, init=False)
     _brackets: list[_Bracket] = field(default_factory=list, init=False)
 
-    async def prepare(self, db: Db) -> None:
-        """Look at the window; fetch a small one whole, sample a large one into brackets."""
-        # Over ``filters`` alone: on SQLite the narrow created_at index answers it.
-        query = select(func.count(), func.min(U.id), func.max(U.id)).where(*self.filters)
-        rows, low_id, high_id = (await db.execute(query)).one()
-        if rows <= self.exact_fetch_limit:
+    async def prepare(self, db: Db, rows: int | None = None) -> None:
+        """Look at the window; fetch a small one whole, sample a large one into brackets.
+
+        ``rows``, when the caller already knows the window's row count (from the rollups),
+        saves counting it: the ids to sample around are then found by two index seeks.
+        """
+        low_id: int | None
+        high_id: int | None
+        if rows is None:
+            # Over ``filters`` alone: on SQLite the narrow created_at index answers it.
+            query = select(func.count(), func.min(U.id), func.max(U.id)).where(*self.filters)
+            rows, low_id, high_id = (await db.execute(query)).one()
+        else:
+            # The first and last ids by time: ids grow with time only roughly (the writer
+            # inserts in completion order), which is enough to aim the sample.
+            by_time = select(U.id).where(*self.filters).limit(1)
+            low_id = (await db.execute(by_time.order_by(U.created_at))).scalar()
+            high_id = (await db.execute(by_time.order_by(U.created_at.desc()))).scalar()
+            if low_id is not None and high_id is not None and low_id > high_id:
+                low_id, high_id = high_id, low_id
+        if rows <= self.exact_fetch_limit or low_id is None or high_id is None:
             self._exact = await self._fetch_all(db)
             return
         sample = await self._sample(db, int(low_id), int(high_id), int(rows))
@@ -112,6 +127,11 @@ class Selection:
         for i, w in enumerate(self.wanted):
             values = sorted(r[i] for r in sample if r[i] is not None)
             self._brackets += [_bracket(i, p, values, scale) for p in w.percents]
+
+    @property
+    def needs_counts(self) -> bool:
+        """Whether ``finish`` needs the values of ``count_columns`` (a sampled, large window)."""
+        return self._exact is None
 
     def count_columns(self) -> list[ColumnElement[Any]]:
         """Columns for the caller's aggregate query (over ``filters``), in order, for finish."""

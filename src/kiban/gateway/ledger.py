@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from kiban.admin import rollups
 from kiban.core.db import session_scope
 from kiban.core.metrics import LEDGER_DROPPED, LEDGER_QUEUE_DEPTH, LEDGER_WRITTEN
 from kiban.models import UsageRecord
@@ -137,6 +138,9 @@ class LedgerWriter:
             attempt += 1
             try:
                 async with session_scope(self._sessionmaker) as session:
+                    # The analytics rollups, in the same transaction: a failed attempt rolls
+                    # both back, so a retried batch is counted once (decision 0055).
+                    await rollups.add(session, batch)
                     await session.execute(insert(UsageRecord), batch)
             except Exception as exc:
                 if self._closing and attempt >= self._shutdown_attempts:

@@ -1,0 +1,184 @@
+"""Rollups of the usage ledger: written with each ledger batch, read by the analytics.
+
+``add`` runs in the ledger writer's transaction, just before the batch's rows are inserted: the
+rollup and the ledger commit or roll back together, so a retried batch is counted once (the
+failed attempt left nothing behind). ``split`` cuts a window into what the rollup can answer
+(whole hours or days) and the edges that must be read from the ledger, so figures stay exact
+for any ``from`` and ``to``. Migration 0008 backfills the rollups from an existing ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.core import clock
+from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus
+from kiban.models.rollup import NO_PLAN, NO_USER
+
+COST_SCALE = 10**10  # the ledger stores Numeric(20, 10): costs are whole 1e-10 USD units
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+STATUSES = tuple(s.value for s in UsageStatus)
+
+R = UsageRollupHourly
+D = UsageRollupUserDaily
+_HOURLY_KEYS = ("hour", "model", "endpoint", "status", "plan")
+_HOURLY_FIGURES = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_units",
+    "unpriced",
+)
+_DAILY_KEYS = ("day", "user_id")
+_DAILY_FIGURES = ("requests", "total_tokens", "cost_units")
+
+
+def to_units(cost: Decimal | float | None) -> int:
+    """A cost as whole 1e-10 USD, rounded as the ledger's column and SQL ``ROUND`` do."""
+    if cost is None:
+        return 0
+    return int((Decimal(cost) * COST_SCALE).to_integral_value(ROUND_HALF_UP))
+
+
+async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]) -> None:
+    """Add a ledger batch to the rollups (call it in the transaction that inserts the batch).
+
+    A record without ``created_at`` gets ``clock.now()`` here, in the dict, so that its ledger
+    row and its rollup bucket agree.
+    """
+    hourly: dict[tuple[Any, ...], list[int]] = {}
+    daily: dict[tuple[Any, ...], list[int]] = {}
+    for record in records:
+        at = record.setdefault("created_at", clock.now()).astimezone(UTC)
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        prompt = int(record.get("prompt_tokens") or 0)
+        completion = int(record.get("completion_tokens") or 0)
+        total = int(record.get("total_tokens") or 0)
+        cost = record.get("estimated_cost")
+        units = to_units(cost)
+        key = (hour, record["model"], record["endpoint"], record["status"])
+        figures = (1, prompt, completion, total, units, int(cost is None and total > 0))
+        _accumulate(hourly, (*key, record.get("plan") or NO_PLAN), figures)
+        user = record.get("user_id") or NO_USER
+        _accumulate(daily, (hour.replace(hour=0), user), (1, total, units))
+    await _upsert(session, R.__table__, _HOURLY_KEYS, _HOURLY_FIGURES, hourly)  # type: ignore[arg-type]
+    await _upsert(session, D.__table__, _DAILY_KEYS, _DAILY_FIGURES, daily)  # type: ignore[arg-type]
+
+
+def _accumulate(
+    into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], figures: Sequence[int]
+) -> None:
+    slot = into.setdefault(key, [0] * len(figures))
+    for i, value in enumerate(figures):
+        slot[i] += value
+
+
+async def _upsert(
+    session: AsyncSession,
+    table: Table,
+    keys: Sequence[str],
+    figures: Sequence[str],
+    rows: dict[tuple[Any, ...], list[int]],
+) -> None:
+    if not rows:
+        return
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + statement.excluded[name] for name in figures},
+    )
+    # In key order: concurrent writers (several processes) then lock rows in the same order.
+    params = [
+        dict(zip((*keys, *figures), (*key, *values), strict=True))
+        for key, values in sorted(rows.items(), key=lambda kv: tuple(map(str, kv[0])))
+    ]
+    await session.execute(statement, params)
+
+
+async def rebuild(session: AsyncSession, chunk: int = 5_000) -> int:
+    """Recompute both rollups from the whole ledger, in the caller's transaction; the row count.
+
+    For a ledger written some other way than the writer (a restore, an import). Writers wait
+    meanwhile: SQLite's write lock is taken by the first DELETE, PostgreSQL's tables are locked.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("LOCK TABLE usage_rollups_hourly, usage_rollups_user_daily IN EXCLUSIVE MODE")
+        )
+    await session.execute(delete(R))
+    await session.execute(delete(D))
+    columns = [getattr(UsageRecord, name) for name in _LEDGER_COLUMNS]
+    result = await session.stream(select(*columns).execution_options(yield_per=chunk))
+    count = 0
+    async for rows in result.partitions():
+        await add(session, [dict(row._mapping) for row in rows])
+        count += len(rows)
+    return count
+
+
+_LEDGER_COLUMNS = (
+    "created_at",
+    "model",
+    "endpoint",
+    "status",
+    "plan",
+    "user_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "estimated_cost",
+)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """A window ``[start, end)`` cut into whole steps (the rollup) and edges (the ledger)."""
+
+    whole: tuple[datetime, datetime] | None
+    edges: list[tuple[datetime, datetime]]
+
+
+def _floor(at: datetime, step: timedelta) -> datetime:
+    at = at.replace(minute=0, second=0, microsecond=0)
+    return at.replace(hour=0) if step == DAY else at
+
+
+def split(start: datetime, end: datetime, step: timedelta) -> Split:
+    """The whole hours (or days) inside the window, and the partial ones at its two ends."""
+    first = _floor(start, step)
+    if first < start:
+        first += step
+    last = _floor(end, step)
+    if first >= last:
+        return Split(None, [(start, end)])
+    edges = [(a, b) for a, b in ((start, first), (last, end)) if a < b]
+    return Split((first, last), edges)
+
+
+def hourly_aggregates() -> list[ColumnElement[Any]]:
+    """The analytics' aggregate columns (same labels as over the ledger), over the hourly rollup."""
+    requests = func.sum(R.requests)
+    return [
+        requests.label("requests"),
+        *(func.sum(R.requests).filter(R.status == s).label(f"s_{s}") for s in STATUSES),
+        func.sum(R.prompt_tokens).label("prompt_tokens"),
+        func.sum(R.completion_tokens).label("completion_tokens"),
+        func.sum(R.total_tokens).label("total_tokens"),
+        func.sum(R.cost_units).label("cost_units"),
+        func.sum(R.unpriced).label("unpriced"),
+    ]
