@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -30,6 +30,7 @@ def create_engine(database_url: str, *, pool_size: int = 10, echo: bool = False)
             url, echo=echo, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "savepoint", _sqlite_begin_before_savepoint)
         return engine
     return create_async_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
@@ -45,6 +46,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin_before_savepoint(connection: Connection, name: str | None) -> None:
+    # The sqlite3 driver opens its transaction lazily, before the first INSERT/UPDATE/DELETE. A
+    # SAVEPOINT issued before any such statement opens a transaction of its own, and its RELEASE
+    # then COMMITs: a `begin_nested()` block early in a request would commit the request's work
+    # even when the request later fails. Open the real transaction first.
+    raw: Any = connection.connection.dbapi_connection
+    aio = getattr(raw, "_connection", raw)  # the aiosqlite connection behind SQLAlchemy's adapter
+    if not aio.in_transaction:
+        connection.exec_driver_sql("BEGIN")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
