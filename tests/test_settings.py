@@ -44,6 +44,14 @@ def test_development_generates_a_key_file_once(tmp_path: Path) -> None:
     assert (tmp_path / ".kiban-secret").stat().st_mode & 0o077 == 0
 
 
+def test_development_replaces_an_empty_key_file(tmp_path: Path) -> None:
+    (tmp_path / ".kiban-secret").write_text("\n")
+    secret, note = make(tmp_path).signing_secret()
+    assert len(secret) >= 32
+    assert note is not None
+    assert (tmp_path / ".kiban-secret").read_text().strip() == secret
+
+
 def test_cors_origins_accept_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIBAN_CORS_ORIGINS", "https://a.example, https://b.example")
     assert Settings(_env_file=None).cors_origins == ["https://a.example", "https://b.example"]  # type: ignore[call-arg]

@@ -21,7 +21,6 @@ from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.errors import install_error_handlers
 from kiban.core.logging import configure_logging
 from kiban.core.middleware import RequestContextMiddleware
-from kiban.gateway.admission import OpenAdmission
 from kiban.gateway.quota import LIMIT_HEADERS
 from kiban.gateway.quota_runtime import cost_bound_from, running_admission
 from kiban.gateway.service import Gateway, GatewayConfig
@@ -63,8 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stack.push_async_callback(app.state.stripe.aclose)
             configure_grace(grace_period(settings.billing_past_due_grace_days))
             await start_knowledge(engine.sync_engine, settings)
-            if getattr(app.state, "admission", None) is None:
-                app.state.admission = OpenAdmission()
             app.state.gateway = Gateway.create(settings, app.state.sessionmaker, gateway_config)
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.close)

@@ -194,8 +194,9 @@ class Settings(BaseSettings):
                 return "", None
             raise ConfigurationError(f"KIBAN_SECRET_KEY is not set. {_KEY_ADVICE}")
         path = self.dev_secret_file
-        if path.exists():
-            return path.read_text().strip(), None
+        # An empty file (truncated, touched) would sign with an empty key: make a new one instead.
+        if path.exists() and (existing := path.read_text().strip()):
+            return existing, None
         value = secrets.token_urlsafe(48)
         path.write_text(value + "\n")
         path.chmod(0o600)

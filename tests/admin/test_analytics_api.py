@@ -284,6 +284,16 @@ async def test_bad_windows_get_clear_errors(
         "/admin/analytics/summary", params={"from": "yesterday"}, headers=admin_headers
     )
     assert r.status_code == 422
+    # Times at the ends of the calendar: a 400, not an overflow (a 500).
+    for params in (
+        {"to": "0001-01-01T00:00:00Z"},  # no week before it
+        {"from": "0001-01-01T00:00:00+05:00"},  # no UTC time
+        {"from": "9999-12-31T22:00:00Z", "to": "9999-12-31T23:59:59Z"},  # no next day
+    ):
+        for path in ("summary", "top-users"):
+            r = await client.get(f"/admin/analytics/{path}", params=params, headers=admin_headers)
+            assert r.status_code == 400, (params, r.text)
+            assert r.json()["error"]["code"] == "invalid_window"
 
 
 async def test_naive_times_are_utc(

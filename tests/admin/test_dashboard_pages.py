@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.core import clock
 from kiban.models import ApiKey, RefreshToken, User
 from tests.admin.conftest import make_records, seed
-from tests.conftest import DEFAULT_PASSWORD
+from tests.conftest import DEFAULT_PASSWORD, make_client
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -75,6 +75,12 @@ async def test_sign_in_needs_the_csrf_token_and_the_right_password(
     r = await client.post("/login", data={"email": admin.email, "password": DEFAULT_PASSWORD})
     assert r.status_code == 403
     assert "security token" in r.text
+    for forged in ("é", "トークン"):  # not ASCII: still a plain refusal, never a 500
+        r = await client.post(
+            "/login",
+            data={"email": admin.email, "password": DEFAULT_PASSWORD, "csrf_token": forged},
+        )
+        assert r.status_code == 403
     token = CSRF.search((await client.get("/login")).text)
     assert token
     r = await client.post(
@@ -218,3 +224,24 @@ async def test_export_by_cookie_renews_an_expired_session(
         # The rotated pair works; replaying the old refresh token would have signed us out.
         assert (await client.get("/admin/analytics/summary")).status_code == 200
         assert (await client.get("/admin")).status_code == 200
+
+
+async def test_replayed_refresh_cookie_revokes_the_family_even_on_a_401(
+    client: httpx.AsyncClient, app: FastAPI, admin: User, session: AsyncSession
+) -> None:
+    await sign_in(client, admin.email)
+    stolen = {k: client.cookies[k] for k in ("kiban_session", "kiban_refresh")}
+    ttl = app.state.settings.access_token_ttl_seconds
+    with clock.shifted(timedelta(seconds=ttl + 120)):
+        assert (await client.get("/admin")).status_code == 200  # the victim renews first
+        # The thief replays the spent pair on a cookie-or-bearer endpoint: refused with a 401 ...
+        async with make_client(app, cookies=stolen) as thief:
+            r = await thief.get("/admin/analytics/summary")
+        assert r.status_code == 401
+    # ... and the whole sign-in is revoked, though that request failed.
+    live = await session.scalar(
+        select(RefreshToken).where(
+            RefreshToken.user_id == admin.id, RefreshToken.revoked_at.is_(None)
+        )
+    )
+    assert live is None

@@ -54,6 +54,17 @@ async def test_usage_log_filters_and_pages_newest_first(
     assert len(want) > 50
 
 
+async def test_a_cursor_beyond_the_id_range_is_a_validation_error(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    for before in (2**63, -(2**63) - 1):  # past BIGINT: the driver would overflow (a 500)
+        r = await client.get(
+            "/admin/analytics/usage", params={"before": before}, headers=admin_headers
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "validation_error"
+
+
 async def test_export_streams_every_record_of_the_window_as_csv(
     client: httpx.AsyncClient,
     admin_headers: dict[str, str],

@@ -57,6 +57,8 @@ async def test_malformed_token_parts(client: httpx.AsyncClient) -> None:
     assert_auth_error(await me(client, not_json), "malformed_token")
     array_header = f"{base64.urlsafe_b64encode(json.dumps([1]).encode()).decode()}.e30.c2ln"
     assert_auth_error(await me(client, array_header), "malformed_token")
+    too_deep = f"{base64.urlsafe_b64encode(b'[' * 5000).decode()}.e30.c2ln"
+    assert_auth_error(await me(client, too_deep), "malformed_token")
 
 
 async def test_missing_claim_is_malformed(
@@ -117,6 +119,24 @@ async def test_unknown_kid(app: FastAPI, client: httpx.AsyncClient, user: User) 
     assert "rotated-out" in error["message"]
     no_kid = jwt.encode(claims, TEST_SECRET, algorithm="HS256")
     assert_auth_error(await me(client, no_kid), "unknown_key_id")
+
+
+async def test_forged_header_values_stay_out_of_the_challenge_header(
+    app: FastAPI, client: httpx.AsyncClient, user: User
+) -> None:
+    claims = base_claims(user.id, app.state.settings)
+    # The messages quote the forger's kid and alg; a header value must stay ASCII (else a 500).
+    for header, code, quoted in (
+        ({"alg": "HS256", "kid": '鍵"\\\r\n'}, "unknown_key_id", "鍵"),
+        ({"alg": "HS256\u00e9\u2028", "kid": _kid(app)}, "algorithm_not_allowed", "HS256é"),
+    ):
+        response = await me(client, forge(header, claims, TEST_SECRET.encode()))
+        error = assert_auth_error(response, code)
+        assert quoted in error["message"]  # the JSON body keeps it as it was
+        description = response.headers["www-authenticate"].split("error_description=")[1]
+        assert description.isascii()
+        assert description.count('"') == 2
+        assert "\\" not in description
 
 
 async def test_expired_token(app: FastAPI, client: httpx.AsyncClient, user: User) -> None:

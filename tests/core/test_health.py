@@ -1,4 +1,5 @@
 import httpx
+from fastapi import FastAPI
 
 
 async def test_healthz_reports_version_and_key_fingerprint(client: httpx.AsyncClient) -> None:
@@ -27,3 +28,20 @@ async def test_unknown_route_uses_error_shape(client: httpx.AsyncClient) -> None
     error = response.json()["error"]
     assert error["code"] == "not_found"
     assert error["request_id"] == "rid-1"
+
+
+async def test_unhandled_error_keeps_the_request_id(app: FastAPI) -> None:
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/test-boom", boom)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/test-boom", headers={"X-Request-ID": "rid-500"})
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "code": "internal_error",
+        "message": "Internal server error.",
+        "request_id": "rid-500",
+    }
+    assert response.headers["x-request-id"] == "rid-500"

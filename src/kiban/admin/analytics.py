@@ -64,6 +64,8 @@ MAX_BUCKETS = 2_000
 LATENCY_PERCENTS = (50, 95, 99)
 TTFT_PERCENTS = (50, 95)
 STATUSES = tuple(s.value for s in UsageStatus)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+OUT_OF_RANGE = "'from' and 'to' must be times between the years 1 and 9999."
 
 U = UsageRecord
 R = UsageRollupHourly
@@ -80,8 +82,13 @@ class Window:
     @classmethod
     def parse(cls, start: datetime | None, end: datetime | None, now: datetime) -> Window:
         """The window a request asked for (naive times are UTC); default: the last 7 days."""
-        end = _utc(end) if end else now
-        start = _utc(start) if start else end - timedelta(days=7)
+        try:
+            end = _utc(end) if end else now
+            start = _utc(start) if start else end - timedelta(days=7)
+        except OverflowError as e:  # e.g. to=0001-01-01: no UTC time, or no week before it
+            raise InvalidWindow(OUT_OF_RANGE) from e
+        if end > LATEST:  # bucket edges round up to the next hour or day
+            raise InvalidWindow(OUT_OF_RANGE)
         if start >= end:
             raise InvalidWindow("'from' must be before 'to'.")
         return cls(start, end)

@@ -242,7 +242,7 @@ async def requests_page(
     model: str | None = None,
     endpoint: str | None = None,
     status: str | None = None,
-    before: int | None = None,
+    before: Annotated[int | None, Query(ge=1, le=usage_log.MAX_ID)] = None,
 ) -> Response:
     """The usage log: every request's tokens, cost, timings, status and sources; filterable."""
     viewer, denied = await _admin_or_response(request, session, settings, keyring)

@@ -2,7 +2,7 @@
 
 Reachable from the networks in ``KIBAN_METRICS_ALLOWED_NETWORKS`` (default: this machine only) or
 with ``Authorization: Bearer <KIBAN_METRICS_TOKEN>``. The client address is the connection's peer
-(behind a proxy, uvicorn's ``--forwarded-allow-ips`` decides whether X-Forwarded-For counts).
+(behind a proxy, uvicorn's ``FORWARDED_ALLOW_IPS`` decides whether X-Forwarded-For counts).
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ async def usage(
     endpoint: Annotated[list[str] | None, Query()] = None,
     status: Annotated[list[str] | None, Query()] = None,
     before: Annotated[
-        int | None, Query(description="Cursor: the previous page's next_before.")
+        int | None,
+        Query(ge=1, le=usage_log.MAX_ID, description="Cursor: the previous page's next_before."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> LogPage:

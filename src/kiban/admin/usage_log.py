@@ -42,6 +42,7 @@ EXPORT_COLUMNS = (
     "source_ids",
 )
 EXPORT_BATCH_ROWS = 2_000
+MAX_ID = 2**63 - 1  # a BIGINT: a larger cursor would overflow the driver (a 500)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ async def get_users(
     _: AdminUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # past BIGINT: a driver overflow
     email: Annotated[str | None, Query(max_length=320, description="Substring match.")] = None,
     role: Role | None = None,
     is_active: bool | None = None,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin.exceptions import CsrfFailed
 from kiban.auth import exceptions as auth_exc
-from kiban.auth import service
+from kiban.auth import refresh, service
 from kiban.auth.keys import KeyRing
 from kiban.auth.tokens import verify_access_token
 from kiban.models import User
@@ -79,6 +79,11 @@ async def current_viewer(
             return None
         try:
             renewed = await service.refresh_tokens(session, keyring, settings, refresh_token)
+        except refresh.FamilyRevoked:
+            # A replayed refresh cookie: the family's revocation must outlive this request even
+            # when the caller goes on to fail it (a 401 rolls the request's session back).
+            await session.commit()
+            return None
         except auth_exc.AuthenticationError:
             return None
         user_id = verify_access_token(keyring, settings, renewed.access_token).sub
@@ -142,5 +147,10 @@ def issue_csrf_cookie(response: Response, request: Request) -> None:
 def check_csrf(request: Request, submitted: str | None) -> None:
     """Refuse a form whose CSRF field does not match this browser's cookie."""
     expected = request.cookies.get(CSRF_COOKIE)
-    if not expected or not submitted or not secrets.compare_digest(expected, submitted):
+    # Bytes: compare_digest refuses non-ASCII str, and the field is whatever the client sent.
+    if (
+        not expected
+        or not submitted
+        or not secrets.compare_digest(expected.encode(), submitted.encode())
+    ):
         raise CsrfFailed()

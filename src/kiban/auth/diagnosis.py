@@ -50,7 +50,8 @@ def parse_token(token: str) -> ParsedToken:
         header = json.loads(base64url_decode(parts[0]))
         claims = json.loads(base64url_decode(parts[1]))
         signature = base64url_decode(parts[2])
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError) as e:
+        # RecursionError: JSON nested deeper than the parser goes ("[[[[…"), a forger's 500.
         raise exc.MalformedToken("The token's parts are not base64url-encoded JSON.") from e
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise exc.MalformedToken("The token's header and claims must be JSON objects.")

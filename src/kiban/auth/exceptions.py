@@ -44,7 +44,12 @@ class AuthenticationError(Unauthorized):
         super().__init__(message, **kwargs)
         challenge = 'Bearer realm="kiban"'
         if self.invalid_token:
-            description = self.message.replace('"', "'")
+            # RFC 6750 allows printable ASCII but " and \ here, and a header must be latin-1:
+            # messages quote the token's own kid and alg, which a forger picks.
+            description = "".join(
+                "'" if c == '"' else c if " " <= c <= "~" and c != "\\" else "?"
+                for c in self.message
+            )
             challenge += f', error="invalid_token", error_description="{description}"'
         self.headers.setdefault("WWW-Authenticate", challenge)
 

@@ -190,8 +190,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled_error", path=request.url.path)
-    return error_response(500, {"code": "internal_error", "message": "Internal server error."})
+    # Starlette answers this one outside our middleware, whose request id is no longer current:
+    # take it from the scope, so that the log line, the body and the header still carry it.
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.exception("unhandled_error", path=request.url.path, request_id=request_id)
+    return error_response(
+        500,
+        {"code": "internal_error", "message": "Internal server error.", "request_id": request_id},
+        {"X-Request-ID": request_id} if request_id else None,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
