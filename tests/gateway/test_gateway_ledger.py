@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from pathlib import Path
@@ -130,6 +131,11 @@ async def test_logs_are_paginated_newest_first_with_filters(
     ).json()
     assert future["items"] == []
     bad = await client.get("/ai/logs", headers=user_headers, params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_cursor"
+    # Well-formed, but an id no BIGINT holds: still a 400, not a database error.
+    huge = base64.urlsafe_b64encode(b"2026-01-01T00:00:00+00:00|" + b"9" * 30).decode()
+    bad = await client.get("/ai/logs", headers=user_headers, params={"cursor": huge})
     assert bad.status_code == 400
     assert bad.json()["error"]["code"] == "invalid_cursor"
 

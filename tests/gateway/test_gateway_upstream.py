@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from kiban.app import create_app
 from kiban.core.metrics import REGISTRY
+from kiban.gateway.providers.base import ProviderRequest
 from kiban.settings import Settings
 from tests.conftest import RunningApp, auth_headers, create_user, make_client
 from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, Fault, ledger, sse_events
@@ -82,6 +83,7 @@ async def test_persistent_500_is_a_502_after_the_retries(
     assert response.status_code == 502
     error = response.json()["error"]
     assert (error["code"], error["type"]) == ("upstream_error", "api_error")
+    assert "x-quota-remaining" in response.headers  # admitted: the limit headers ride along
     assert len(upstream.requests) == 3  # one try and two retries
     [record] = await ledger(app)
     assert (record.status, record.error_code, record.total_tokens) == ("error", "upstream_error", 0)
@@ -286,3 +288,21 @@ async def test_stream_that_cannot_open_is_a_clean_error_response(
     assert response.json()["error"]["code"] == "upstream_error"
     [record] = await ledger(app)
     assert (record.status, record.streamed, record.error_code) == ("error", True, "upstream_error")
+
+
+async def test_a_stream_closed_before_it_is_read_frees_the_upstream_connection(
+    app: FastAPI, upstream: FakeUpstream
+) -> None:
+    # The path where the response never starts iterating (the client is gone before the first
+    # byte): the generator's cleanup never runs, so closing the stream must free the connection.
+    upstream.chunk_delay_ms = 50
+    gateway = app.state.gateway
+    provider = gateway.providers["openai"]
+    request = ProviderRequest(
+        gateway.catalog.models["gpt-4o-mini"], {"messages": [{"role": "user", "content": "hi"}]}, 5
+    )
+    stream = await provider.stream(request)
+    pool = provider._http._transport._pool
+    assert [c.is_idle() for c in pool.connections] == [False]
+    await stream.aclose()
+    assert not [c for c in pool.connections if not c.is_idle()]

@@ -7,6 +7,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
+from kiban.core.metrics import REGISTRY
 from kiban.gateway.providers.extractive import NO_ANSWER
 from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, ledger, upload
 
@@ -142,6 +143,15 @@ async def test_unknown_model_is_an_openai_shaped_404(
         await sdk(app, user_headers).chat.completions.create(model="gpt-9", messages=QUESTION)  # type: ignore[arg-type]
     records = await ledger(app)
     assert [r.status for r in records] == ["rejected", "rejected"]
+    assert records[0].model == "gpt-9"
+    # The metric does not take the client's model name as a label (unbounded series otherwise).
+    assert (
+        REGISTRY.get_sample_value(
+            "kiban_ai_requests_total",
+            {"model": "gpt-9", "endpoint": "chat_completions", "status": "rejected"},
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -241,3 +251,42 @@ async def test_extractive_model_on_v1_without_documents_says_so(
     assert text == NO_ANSWER
     assert [r.status for r in await ledger(app)] == ["no_context", "no_context"]
     assert upstream.requests == []
+
+
+async def test_grounding_extension_top_k_limits_the_sources(
+    app: FastAPI, user_headers: dict[str, str], client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    await upload(client, user_headers, "foxes.txt", "Foxes live on every continent.")
+    await upload(client, user_headers, "more-foxes.txt", "Red foxes live in forests.")
+    question = [{"role": "user", "content": "Where do foxes live?"}]
+    sources = []
+    for top_k in (None, 1):
+        extension = {"grounded": True} | ({"top_k": top_k} if top_k else {})
+        completion = await sdk(app, user_headers).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=question,  # type: ignore[arg-type]
+            extra_body={"kiban": extension},
+        )
+        sources.append(completion.model_extra["kiban"]["sources"])  # type: ignore[index]
+    assert len(sources[0]) == 2
+    assert len(sources[1]) == 1
+
+
+async def test_tool_schemas_count_toward_the_prompt_the_plan_admits(
+    app: FastAPI, user_headers: dict[str, str], client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    # The free plan admits 8,000 prompt tokens; the messages are short, the tool schema is not.
+    tool = {
+        "type": "function",
+        "function": {"name": "lookup", "description": "fox " * 9000, "parameters": {}},
+    }
+    response = await client.post(
+        "/v1/chat/completions",
+        headers=user_headers,
+        json={"model": "gpt-4o-mini", "messages": QUESTION, "tools": [tool]},
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "prompt_too_large"
+    assert upstream.requests == []
+    [record] = await ledger(app)
+    assert (record.status, record.error_code) == ("rejected", "prompt_too_large")

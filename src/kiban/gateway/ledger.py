@@ -6,10 +6,11 @@ inserted in batches by one background task.
 - The writer takes what is queued (up to a batch) and inserts it in one statement. It writes at
   once when it has been idle for ``flush_interval``; under load it writes at most once per
   ``flush_interval``, so records gather into batches (a one-record insert costs ~20x as much).
-- A database error keeps the batch and retries it with exponential backoff; records are never
-  dropped while the process lives, except when the queue stays full past ``put_timeout`` or the
-  database is still failing at shutdown. Each drop counts in ``LEDGER_DROPPED`` and is logged
-  with the record, at error level. That counter stays 0.
+- A database error keeps the batch and retries it with exponential backoff (a record the database
+  refuses, such as one whose user was deleted meanwhile, is set apart instead); records are never
+  dropped while the process lives, except when the queue stays full past ``put_timeout``, the
+  database is still failing at shutdown, or a record arrives after ``close()``. Each drop counts
+  in ``LEDGER_DROPPED`` and is logged with the record, at error level. That counter stays 0.
 - ``flush()`` waits until everything submitted so far is written; ``close()`` flushes and stops.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.admin import rollups
@@ -55,6 +57,7 @@ class LedgerWriter:
         self._task: asyncio.Task[None] | None = None
         self._waiters: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._closed = False
         self._last_write = 0.0
         self.written = 0
         self.dropped = 0
@@ -65,6 +68,11 @@ class LedgerWriter:
 
     def submit(self, record: Record) -> None:
         """Queue a record for writing; never blocks, never raises."""
+        if self._closed:
+            # No writer is left to take it (a stream cancelled at shutdown finishes late): count
+            # it and log it whole rather than leave it in a queue nobody reads.
+            self._drop([record], "submitted after shutdown")
+            return
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
@@ -100,6 +108,7 @@ class LedgerWriter:
         while not self._queue.empty():
             leftover.append(self._queue.get_nowait())
             self._queue.task_done()
+        self._closed = True
         if leftover:
             self._drop(leftover, "shutdown")
 
@@ -142,6 +151,11 @@ class LedgerWriter:
                     # both back, so a retried batch is counted once (decision 0055).
                     await rollups.add(session, batch)
                     await session.execute(insert(UsageRecord), batch)
+            except (IntegrityError, DataError) as exc:
+                # The data, not the database: retrying the batch would stall every later record
+                # behind it. Write the records one by one instead.
+                await self._isolate(batch, exc)
+                return
             except Exception as exc:
                 if self._closing and attempt >= self._shutdown_attempts:
                     self._drop(batch, f"database error at shutdown: {exc!r}")
@@ -160,6 +174,18 @@ class LedgerWriter:
             self.written += len(batch)
             LEDGER_WRITTEN.inc(len(batch))
             return
+
+    async def _isolate(self, batch: list[Record], exc: Exception) -> None:
+        if len(batch) > 1:
+            for record in batch:
+                await self._write([record])
+            return
+        record = batch[0]
+        if isinstance(exc, IntegrityError) and record.get("user_id") is not None:
+            # Its user was deleted meanwhile: keep it as ON DELETE SET NULL would have.
+            await self._write([{**record, "user_id": None}])
+            return
+        self._drop(batch, f"rejected by the database: {exc!r}")
 
     def _drop(self, records: list[Record], reason: str) -> None:
         self.dropped += len(records)

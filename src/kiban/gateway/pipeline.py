@@ -107,6 +107,9 @@ class Call:
             yield self
         except AppError as exc:
             status = UsageStatus.ERROR if self.ticket is not None else UsageStatus.REJECTED
+            if self.ticket is not None:
+                # An admitted request's error response carries the limit headers too.
+                exc.headers = {**self.ticket.headers, **exc.headers}
             await self.finish(status, error_code=exc.error_code)
             raise
         except asyncio.CancelledError:
@@ -159,7 +162,9 @@ class Call:
         )
         self.outcome = outcome
         self.gateway.ledger.submit(self._record(outcome, model, error_code, response_text))
-        self._observe(outcome)
+        # A metric label only for a model the catalog knows: the name a request asked for is the
+        # client's to choose, and each new label value is a time series kept for good.
+        self._observe(outcome, name if model is not None else "unknown")
         if self.ticket is not None:
             settle = asyncio.ensure_future(
                 self.admission.settle(
@@ -206,16 +211,16 @@ class Call:
             "response_text": policy(text),
         }
 
-    def _observe(self, outcome: Outcome) -> None:
-        AI_REQUESTS.labels(outcome.model, self.endpoint, outcome.status).inc()
+    def _observe(self, outcome: Outcome, label: str) -> None:
+        AI_REQUESTS.labels(label, self.endpoint, outcome.status).inc()
         if outcome.usage.prompt_tokens:
-            AI_TOKENS.labels(outcome.model, "prompt").inc(outcome.usage.prompt_tokens)
+            AI_TOKENS.labels(label, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:
-            AI_TOKENS.labels(outcome.model, "completion").inc(outcome.usage.completion_tokens)
+            AI_TOKENS.labels(label, "completion").inc(outcome.usage.completion_tokens)
         if outcome.cost:
-            AI_COST.labels(outcome.model).inc(float(outcome.cost))
+            AI_COST.labels(label).inc(float(outcome.cost))
         if outcome.ttft_ms is not None:
-            AI_TTFT.labels(outcome.model).observe(outcome.ttft_ms / 1000)
+            AI_TTFT.labels(label).observe(outcome.ttft_ms / 1000)
         self.log_fields.update(
             model=outcome.model,
             ai_status=outcome.status,

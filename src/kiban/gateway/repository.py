@@ -39,7 +39,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         at = datetime.fromisoformat(stamp)
         if at.tzinfo is None:
             raise ValueError("naive")
-        return at, int(ident)
+        position = int(ident)
+        if not 0 < position < 2**63:  # a BIGINT id: anything else would fail in the database
+            raise ValueError("out of range")
+        return at, position
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             "The cursor is not valid; pass the next_cursor of a previous page.",

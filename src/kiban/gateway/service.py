@@ -145,10 +145,15 @@ class Gateway:
             + 16
         )
 
-    async def retrieve(self, session: AsyncSession, call: Call, query: str) -> list[RetrievedChunk]:
+    async def retrieve(
+        self, session: AsyncSession, call: Call, query: str, *, top_k: int | None = None
+    ) -> list[RetrievedChunk]:
         """The relevant chunks for a grounded request (empty: nothing relevant)."""
         retrieval = await knowledge.retrieve(
-            session, user_id=call.principal.user.id, query=query, top_k=self.settings.gateway_top_k
+            session,
+            user_id=call.principal.user.id,
+            query=query,
+            top_k=top_k or self.settings.gateway_top_k,
         )
         return retrieval.relevant
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
+import orjson
 import quicktok
 
 # OpenAI's documented chat overhead: every message costs a few framing tokens, and the reply is
@@ -55,6 +56,24 @@ def count_messages(messages: Iterable[dict[str, Any]], encoding_name: str = "o20
             total += enc.count(text)
         if message.get("name"):
             total += TOKENS_PER_NAME + enc.count(str(message["name"]))
+    return int(total)
+
+
+# Request fields the upstream bills as prompt tokens besides the messages' text.
+_PROMPT_FIELDS = ("tools", "functions", "response_format")
+
+
+def count_request_extras(body: dict[str, Any], encoding_name: str = "o200k_base") -> int:
+    """Prompt tokens of a chat request beyond its message text (tool schemas, tool calls), counted
+    on their JSON: a little above what OpenAI bills, so a reservation is not undercut by them."""
+    enc = encoding(encoding_name)
+    total = 0
+    for key in _PROMPT_FIELDS:
+        if body.get(key):
+            total += enc.count(orjson.dumps(body[key]).decode())
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("tool_calls"):
+            total += enc.count(orjson.dumps(message["tool_calls"]).decode())
     return int(total)
 
 

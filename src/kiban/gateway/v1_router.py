@@ -27,7 +27,7 @@ from kiban.gateway.providers.base import ProviderRequest, TokenUsage
 from kiban.gateway.providers.extractive import NO_ANSWER, fixed_stream
 from kiban.gateway.service import apply_cap
 from kiban.gateway.streaming import CallStream
-from kiban.gateway.tokenizer import count_messages
+from kiban.gateway.tokenizer import count_messages, count_request_extras
 from kiban.models import UsageStatus
 
 
@@ -70,15 +70,24 @@ async def chat_completions(
         call.model = spec
         call.prompt_text = transcript(chat.messages)
         grounded = chat.grounded or spec.provider == "extractive"
-        prompt_tokens = count_messages(chat.messages, spec.encoding)
+        # Tool schemas and earlier tool calls are billed as prompt too: reserve them.
+        extras = count_request_extras(chat.body, spec.encoding)
+        prompt_tokens = count_messages(chat.messages, spec.encoding) + extras
         reserve = prompt_tokens + (gateway.grounding_reserve(spec) if grounded else 0)
         ticket = await call.admit(reserve, chat.limits.requested)
         headers = ticket.headers or None
         question = last_user_text(chat.messages)
         context: list[Any] = []
         if grounded:
-            chunks = await gateway.retrieve(session, call, question) if question else []
+            chunks = (
+                await gateway.retrieve(session, call, question, top_k=chat.top_k)
+                if question
+                else []
+            )
             if not chunks:
+                # Commit inside the guard: once a CallStream is returned, a failing commit at the
+                # edge would leave the call with no one to finish it.
+                await session.commit()
                 if chat.stream:
                     return CallStream(
                         call,
@@ -105,7 +114,7 @@ async def chat_completions(
             call.sources = [grounding.source(c) for c in prompt.used]
             context = prompt.used
             chat.body["messages"] = prompt.messages
-            prompt_tokens = count_messages(prompt.messages, spec.encoding)
+            prompt_tokens = count_messages(prompt.messages, spec.encoding) + extras
         apply_cap(chat.body, chat.limits, ticket.max_completion_tokens)
         provider_request = ProviderRequest(spec, chat.body, prompt_tokens, question, context)
         # The database work is done: commit now rather than hold a pool connection (there are

@@ -6,7 +6,7 @@ bytes when there are some, so the OpenAI-compatible route can pass them through 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,6 +80,9 @@ class CompletionStream:
     usage: TokenUsage | None = None
     finish_reason: str | None = None
     text_parts: list[str] = field(default_factory=list)
+    # Frees the upstream connection even when ``chunks`` was never iterated (its cleanup, in a
+    # generator's ``finally``, then never runs).
+    release: Callable[[], Awaitable[None]] | None = None
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self.chunks
@@ -93,6 +96,8 @@ class CompletionStream:
         close = getattr(self.chunks, "aclose", None)
         if close is not None:
             await close()
+        if self.release is not None:
+            await self.release()
 
 
 class Provider(Protocol):

@@ -119,7 +119,7 @@ class OpenAIProvider:
                 return spec, await self._post(body, stream=True, budget=budget)
 
         spec, response = await self._with_retries(request.model, attempt)
-        stream = CompletionStream(model=spec, chunks=_empty())
+        stream = CompletionStream(model=spec, chunks=_empty(), release=response.aclose)
         stream.chunks = self._read_stream(stream, response, request)
         return stream
 
