@@ -93,6 +93,7 @@ def upgrade() -> None:
         sa.Column("dedupe_key", sa.String(length=120), nullable=False),
         sa.Column("encoding", sa.String(length=40), nullable=False),
         sa.Column("characters", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("chunk_count", sa.Integer(), nullable=False),
         sa.Column("created_at", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

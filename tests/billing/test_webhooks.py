@@ -85,6 +85,16 @@ async def test_signature_with_another_secret_is_400(client: httpx.AsyncClient) -
     assert response.json()["error"]["code"] == "signature_invalid"
 
 
+async def test_non_ascii_signature_is_400_not_500(client: httpx.AsyncClient) -> None:
+    body = orjson.dumps(_event())
+    header = f"t={int(clock.timestamp())},v1=\xe9".encode("latin-1")
+    response = await client.post(
+        "/billing/webhook", content=body, headers={"Stripe-Signature": header}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "signature_invalid"
+
+
 async def test_tampered_body_is_400(client: httpx.AsyncClient, session: AsyncSession) -> None:
     body = orjson.dumps(_event())
     header = sign(body)
@@ -261,6 +271,49 @@ async def test_older_event_never_overwrites_newer_state(
     row = await _subscription(session, "sub_ord")
     assert row.stripe_status == "canceled"
     assert row.state == "expired"
+
+
+async def test_renewal_delivered_after_its_invoice_still_moves_the_period(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    first_end = (clock.now() + timedelta(days=1)).replace(microsecond=0)
+    renewed_end = first_end + timedelta(days=30)
+    common = {"subscription_id": "sub_renew", "customer_id": "cus_renew", "user_id": str(user.id)}
+    created = subscription_event(
+        "customer.subscription.created",
+        status="active",
+        created=now - 100,
+        period_end=first_end,
+        **common,
+    )
+    renewed = subscription_event(
+        "customer.subscription.updated",
+        status="active",
+        created=now - 50,
+        period_end=renewed_end,
+        **common,
+    )
+    paid = simulate.event(
+        "invoice.paid",
+        simulate.invoice_object(
+            customer_id="cus_renew",
+            subscription_id="sub_renew",
+            price_id=PRO_PRICE,
+            paid=True,
+            period_start=first_end,
+            period_end=renewed_end,
+        ),
+        created=now - 40,
+    )
+    # Stripe retried the renewal's subscription event: it arrives after the newer invoice.
+    for event in (created, paid, renewed):
+        assert (await post_event(client, event)).status_code == 200
+    row = await _subscription(session, "sub_renew")
+    assert row.current_period_end == renewed_end
+    with clock.shifted(timedelta(days=2)):
+        body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
+    assert (body["status"], body["plan"]) == ("pro", "pro")
 
 
 async def test_same_second_created_does_not_overwrite_a_snapshot(

@@ -297,3 +297,50 @@ async def test_threshold_settings_move_the_line(make_settings, user: User) -> No
             found = await search(client, headers, question)
             assert found["threshold"] == threshold
             assert found["results"][0]["relevant"] is expected
+
+
+def _plans_with_document_limits(tmp_path, **limits: int):  # type: ignore[no-untyped-def]
+    """The shipped plans file with the free plan's document limits replaced."""
+    from importlib import resources
+
+    text = resources.files("kiban.billing").joinpath("plans.toml").read_text()
+    head, _, rest = text.partition("[plans.free.documents]\n")
+    body, sep, tail = rest.partition("\n[")
+    lines = dict(line.split(" = ") for line in body.strip().splitlines())
+    lines.update({k: str(v) for k, v in limits.items()})
+    table = "\n".join(f"{k} = {v}" for k, v in lines.items())
+    path = tmp_path / "plans.toml"
+    path.write_text(f"{head}[plans.free.documents]\n{table}\n{sep}{tail}")
+    return path
+
+
+async def test_plan_document_limits_are_enforced(make_settings, user: User, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kiban.app import create_app
+    from tests.conftest import RunningApp
+
+    plans = _plans_with_document_limits(
+        tmp_path, max_documents=2, max_document_bytes=50, max_total_bytes=70
+    )
+    async with (
+        RunningApp(create_app(make_settings(plans_file=plans))) as app,
+        make_client(app) as client,
+    ):
+        headers = auth_headers(app, user)
+        too_big = await upload(client, headers, "big.txt", "a" * 51)
+        assert too_big.status_code == 413
+        assert too_big.json()["error"]["limit_bytes"] == 50
+
+        assert (await upload(client, headers, "one.txt", "alpha " * 6)).status_code == 201
+        # An identical re-upload is not a new document: it counts nothing.
+        assert (await upload(client, headers, "copy.txt", "alpha " * 6)).status_code == 201
+        over_total = await upload(client, headers, "two.txt", "bravo " * 7)  # 36 + 42 > 70
+        assert over_total.status_code == 403
+        assert over_total.json()["error"]["code"] == "document_quota_exceeded"
+        second = await upload(client, headers, "two.txt", "bravo " * 5)
+        assert second.status_code == 201, second.text
+        over_count = await upload(client, headers, "three.txt", "c")
+        assert over_count.status_code == 403
+        assert over_count.json()["error"]["limit"] == 2
+
+        listed = (await client.get("/documents", headers=headers)).json()
+        assert len(listed["documents"] if "documents" in listed else listed["items"]) == 2

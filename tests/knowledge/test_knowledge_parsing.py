@@ -80,3 +80,13 @@ def test_whitespace_only_is_empty() -> None:
         parse(b" \n\n ", "blank.md")
     with pytest.raises(exc.EmptyDocument):
         parse(b"", "blank.md")
+
+
+def test_bom_with_invalid_utf8_is_undecodable() -> None:
+    with pytest.raises(exc.UndecodableDocument):
+        parse(b"\xef\xbb\xbfok \xff\xfe", "broken.txt")
+
+
+def test_csv_with_an_unclosed_quote_is_a_422() -> None:
+    with pytest.raises(exc.UnreadableCsv):
+        parse(b'name,note\nx,"' + b"a" * 200_000, "big.csv")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
+import warnings
 
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,6 +101,40 @@ async def test_term_statistics_follow_deletes(app: FastAPI, session: AsyncSessio
             assert profile.stats.df.get(term, 0) == sum(term in c for c in remaining), term
         assert profile.stats.chunks == len(remaining)
         assert profile.stats.terms == sum(len(c) for c in remaining)
+
+
+async def test_concurrent_deletes_of_one_document_subtract_its_terms_once(app: FastAPI) -> None:
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes writers: two deletes cannot interleave")
+    async with session_scope(app.state.sessionmaker) as s:
+        for i, body in enumerate(TEXTS[:2]):
+            await index_document(
+                s,
+                owner_id=None,
+                shared=True,
+                filename=f"doc{i}.txt",
+                content_type="text/plain",
+                encoding="utf-8",
+                text=body,
+            )
+    async with app.state.sessionmaker() as first, app.state.sessionmaker() as second:
+        document_id = (await first.execute(select(Document.id).limit(1))).scalar_one()
+        await remove_document(first, await first.get_one(Document, document_id))
+        document = await second.get_one(Document, document_id)
+        # The second delete (a double click) runs while the first is not yet committed.
+        racing = asyncio.create_task(remove_document(second, document))
+        await asyncio.sleep(0.3)
+        await first.commit()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "expected to delete 1 row(s); 0 were matched"
+            await racing
+        await second.commit()
+    async with app.state.sessionmaker() as s:
+        remaining = [r.split() for r in (await s.execute(select(DocumentChunk.terms))).scalars()]
+        profile = await profile_query(s, "梅雨 台風 雨")
+        assert profile.stats.chunks == len(remaining)
+        for term in profile.terms:
+            assert profile.stats.df.get(term, 0) == sum(term in c for c in remaining), term
 
 
 async def test_a_crowd_of_other_users_chunks_neither_leaks_nor_starves(

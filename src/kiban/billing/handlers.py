@@ -7,6 +7,9 @@ overwrites a snapshot we already hold, and a status never moves backwards in the
 (incomplete → active/trialing/past_due → unpaid/paused → canceled); otherwise arrival order
 decides. ``kiban billing reconcile`` repairs anything this leaves wrong. See docs/decisions/0040.
 
+A subscription event made stale only by an invoice event (which carries no period) still brings
+a later billing period: a renewal delivered after its invoice must not leave the old period end.
+
 Outcomes: ``applied``, ``stale`` (older than what we hold), ``ignored`` (a type we do not act on,
 or an invoice without a subscription), ``pending`` (an invoice for a subscription we hold no
 snapshot of yet), ``unmatched`` (stored, but we cannot tell whose it is yet).
@@ -49,14 +52,8 @@ SUBSCRIPTION_EVENTS = frozenset(
 INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
 INVOICE_FAILED_EVENT = "invoice.payment_failed"
 CHECKOUT_COMPLETED_EVENT = "checkout.session.completed"
-HANDLED_EVENTS = (
-    SUBSCRIPTION_EVENTS
-    | INVOICE_PAID_EVENTS
-    | {
-        INVOICE_FAILED_EVENT,
-        CHECKOUT_COMPLETED_EVENT,
-    }
-)
+INVOICE_EVENTS = INVOICE_PAID_EVENTS | {INVOICE_FAILED_EVENT}
+HANDLED_EVENTS = SUBSCRIPTION_EVENTS | INVOICE_EVENTS | {CHECKOUT_COMPLETED_EVENT}
 
 _LIFECYCLE_RANK = {
     "incomplete": 0,
@@ -85,7 +82,7 @@ async def apply_event(session: AsyncSession, event: StripeEvent, grace: timedelt
     """Apply the event; returns the outcome recorded in the inbox."""
     if event.type in SUBSCRIPTION_EVENTS:
         return await _on_subscription(session, event, grace)
-    if event.type in INVOICE_PAID_EVENTS or event.type == INVOICE_FAILED_EVENT:
+    if event.type in INVOICE_EVENTS:
         return await _on_invoice(session, event, grace)
     if event.type == CHECKOUT_COMPLETED_EVENT:
         return await _on_checkout_completed(session, event, grace)
@@ -159,9 +156,27 @@ async def _on_subscription(session: AsyncSession, event: StripeEvent, grace: tim
     row = await repo.lock_subscription(session, snap.id)
     await _link_user(session, row, snap.customer_id, snap.user_id_hint)
     if _is_stale(row, event, snap.status):
+        if await repo.event_type(session, row.last_event_id) in INVOICE_EVENTS:
+            _take_later_period(row, snap, grace)
         return "stale"
     apply_snapshot(row, snap, created=event.created, event_id=event.id, grace=grace)
     return "applied" if row.user_id is not None else "unmatched"
+
+
+def _take_later_period(
+    row: BillingSubscription, snap: SubscriptionSnapshot, grace: timedelta
+) -> None:
+    # Older than an invoice event, which moved the guard but carries no period, this can still be
+    # the first news of a new billing period: a renewal's `customer.subscription.updated`
+    # delivered after its `invoice.paid`. A period never starts before the one it follows, so the
+    # later start is the newer period whatever the delivery order.
+    start, end = snap.current_period_start, snap.current_period_end
+    if start is None or end is None or row.current_period_start is None:
+        return
+    if start > row.current_period_start:
+        row.current_period_start, row.current_period_end = start, end
+        row.state = state_of(row, clock.now(), grace)
+        row.updated_at = clock.now()
 
 
 async def _on_invoice(session: AsyncSession, event: StripeEvent, grace: timedelta) -> str:

@@ -57,6 +57,15 @@ async def mark_event(session: AsyncSession, event_id: str, outcome: str) -> None
     )
 
 
+async def event_type(session: AsyncSession, event_id: str | None) -> str | None:
+    """The type of an event in the inbox, if it is there."""
+    if event_id is None:
+        return None
+    return await session.scalar(
+        select(WebhookEvent.type).where(WebhookEvent.stripe_event_id == event_id)
+    )
+
+
 async def customer_of_user(session: AsyncSession, user_id: uuid.UUID) -> BillingCustomer | None:
     """The user's Stripe customer mapping, if any."""
     return await session.get(BillingCustomer, user_id)

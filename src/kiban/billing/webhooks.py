@@ -62,10 +62,12 @@ def verify_signature(
         raise exc.SignatureExpired(
             extra={"tolerance_seconds": tolerance},
         )
+    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters (a 500).
+    candidates = [candidate.encode() for candidate in signatures]
     for secret in secrets:
-        expected = compute_signature(secret, timestamp, payload)
+        expected = compute_signature(secret, timestamp, payload).encode()
         # compare_digest for every candidate: the time taken says nothing about the secret.
-        if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+        if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
             return timestamp
     raise exc.SignatureInvalid()
 

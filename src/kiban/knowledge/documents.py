@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.billing.plans import DocumentLimits
 from kiban.knowledge import exceptions as exc
 from kiban.knowledge.indexing import (
     ChunkingOptions,
@@ -37,12 +38,27 @@ async def upload(
     *,
     shared: bool = False,
     options: ChunkingOptions | None = None,
+    limits: DocumentLimits | None = None,
 ) -> list[IndexedDocument]:
-    """Parse every file first (one bad file fails the whole upload), then index them."""
+    """Parse every file first (one bad file fails the whole upload), then index them.
+
+    Private uploads count against the plan's `limits` (shared ones are the operator's); an
+    identical re-upload is not a new document and counts nothing. A refusal raises before the
+    request commits, so nothing of the upload is kept.
+    """
     if shared and not user.is_admin:
         raise exc.SharedRequiresAdmin()
     if not files:
         raise exc.NoFiles()
+    if limits is not None and not shared:
+        for f in files:
+            if len(f.data) > limits.max_document_bytes:
+                raise exc.FileTooLarge(
+                    f"{f.filename!r} is larger than your plan's {limits.max_document_bytes} bytes.",
+                    hint="Split the file, or upgrade your plan.",
+                    extra={"limit_bytes": limits.max_document_bytes},
+                )
+        usage = await _private_usage(session, user)
     # Decoding detection and PDF extraction are CPU-bound: off the event loop.
     parsed = [
         (f, await asyncio.to_thread(parse, f.data, f.filename, f.content_type)) for f in files
@@ -59,9 +75,39 @@ async def upload(
                 encoding=document.encoding,
                 text=document.text,
                 options=options,
+                size_bytes=len(file.data),
             )
         )
+        if limits is not None and not shared and results[-1].created:
+            usage = (usage[0] + 1, usage[1] + len(file.data))
+            _check_storage(usage, limits)
     return results
+
+
+async def _private_usage(session: AsyncSession, user: User) -> tuple[int, int]:
+    """How many private documents the user has, and their total bytes."""
+    row = (
+        await session.execute(
+            select(func.count(), func.coalesce(func.sum(Document.size_bytes), 0)).where(
+                Document.owner_id == user.id, Document.shared.is_(False)
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def _check_storage(usage: tuple[int, int], limits: DocumentLimits) -> None:
+    documents, total = usage
+    if documents > limits.max_documents:
+        raise exc.DocumentQuotaExceeded(
+            f"Your plan allows {limits.max_documents} documents.",
+            extra={"limit": limits.max_documents},
+        )
+    if total > limits.max_total_bytes:
+        raise exc.DocumentQuotaExceeded(
+            f"Your plan allows {limits.max_total_bytes} bytes of documents in all.",
+            extra={"limit_bytes": limits.max_total_bytes},
+        )
 
 
 def _visible_to(user: User):  # type: ignore[no-untyped-def]

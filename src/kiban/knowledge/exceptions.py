@@ -5,7 +5,8 @@
     AppError
     ├── PayloadTooLarge       413 file_too_large
     ├── UnsupportedMediaType  415 unsupported_media_type
-    ├── Unprocessable         422 empty_document | undecodable_document | unreadable_pdf | no_files
+    ├── Unprocessable         422 empty_document | undecodable_document | unreadable_pdf |
+    │                             unreadable_csv | no_files
     ├── Forbidden             403 shared_requires_admin | seed_requires_admin |
     │                             shared_document_read_only
     └── NotFound              404 document_not_found
@@ -50,10 +51,21 @@ class UnreadablePdf(Unprocessable):
     default_hint = "Only PDFs with a text layer are supported (scanned images are not)."
 
 
+class UnreadableCsv(Unprocessable):
+    code = "unreadable_csv"
+    default_message = "The CSV file could not be read."
+    default_hint = "Check its quoting, or upload it as .txt."
+
+
 class NoFiles(Unprocessable):
     code = "no_files"
     default_message = "No file was uploaded."
     default_hint = "Send one or more files in multipart form fields named 'files' (or 'file')."
+
+
+class DocumentQuotaExceeded(Forbidden):
+    code = "document_quota_exceeded"
+    default_hint = "Delete documents you no longer need (DELETE /documents/{id}), or upgrade."
 
 
 class SharedRequiresAdmin(Forbidden):

@@ -73,8 +73,12 @@ async def index_document(
     encoding: str,
     text: str,
     options: ChunkingOptions | None = None,
+    size_bytes: int | None = None,
 ) -> IndexedDocument:
-    """Store and index `text` as a document, unless identical content is already in its scope."""
+    """Store and index `text` as a document, unless identical content is already in its scope.
+
+    `size_bytes` is the uploaded file's size (default: the text's UTF-8 length).
+    """
     options = options or ChunkingOptions()
     scope = SHARED_SCOPE if shared or owner_id is None else owner_scope(owner_id)
     digest = content_hash(text)
@@ -93,6 +97,7 @@ async def index_document(
         dedupe_key=dedupe_key,
         encoding=encoding,
         characters=len(text),
+        size_bytes=len(text.encode("utf-8")) if size_bytes is None else size_bytes,
         chunk_count=len(prepared),
     )
     try:
@@ -133,12 +138,14 @@ async def _by_dedupe_key(session: AsyncSession, dedupe_key: str) -> Document | N
 
 async def remove_document(session: AsyncSession, document: Document) -> None:
     """Delete a document, its chunks and their index entries, and update the term statistics."""
+    # Chunks first and explicitly: their delete trigger takes them out of the FTS5 index. Only the
+    # chunks this statement deleted leave the statistics: a concurrent delete of the same document
+    # waits on their rows (PostgreSQL), then deletes none and subtracts nothing.
     rows = await session.execute(
-        select(DocumentChunk.terms).where(DocumentChunk.document_id == document.id)
+        delete(DocumentChunk)
+        .where(DocumentChunk.document_id == document.id)
+        .returning(DocumentChunk.terms)
     )
-    chunk_terms = [terms.split() for (terms,) in rows]
-    await update_term_stats(session, chunk_terms, sign=-1)
-    # Chunks first and explicitly: their delete trigger takes them out of the FTS5 index.
-    await session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
+    await update_term_stats(session, [terms.split() for (terms,) in rows], sign=-1)
     await session.delete(document)
     await session.flush()

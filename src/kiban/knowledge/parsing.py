@@ -59,7 +59,12 @@ def media_type(filename: str, declared: str | None) -> str:
 def decode(data: bytes, filename: str = "") -> tuple[str, str]:
     """The text of `data` and the encoding it was in."""
     if data.startswith(b"\xef\xbb\xbf"):
-        text, encoding = data[3:].decode("utf-8", errors="strict"), "utf-8-sig"
+        try:
+            text, encoding = data[3:].decode("utf-8"), "utf-8-sig"
+        except UnicodeDecodeError:
+            raise exc.UndecodableDocument(
+                f"{filename!r} starts with a UTF-8 byte order mark but is not valid UTF-8."
+            ) from None
     else:
         try:
             text, encoding = data.decode("utf-8"), "utf-8"
@@ -106,7 +111,10 @@ def parse(data: bytes, filename: str, declared_type: str | None = None) -> Parse
         if kind == "text/html":
             text = html_text(text)
         elif kind == "text/csv":
-            text = csv_text(text)
+            try:
+                text = csv_text(text)
+            except csv.Error as error:  # e.g. an unclosed quote makes one field too large
+                raise exc.UnreadableCsv(f"{filename!r} could not be read as CSV: {error}") from None
     text = text.strip()
     if not text:
         raise exc.EmptyDocument(f"{filename!r} has no text to index.")

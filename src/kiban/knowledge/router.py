@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from kiban.auth.dependencies import CurrentUser, SettingsDep
+from kiban.billing.entitlements import resolve_entitlement
+from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.knowledge import documents, service
 from kiban.knowledge import exceptions as exc
@@ -101,8 +103,14 @@ async def upload_documents(
         )
         for u in uploads
     ]
+    entitlement = await resolve_entitlement(session, user, clock.now())
     results = await documents.upload(
-        session, user, received, shared=shared, options=_options(settings)
+        session,
+        user,
+        received,
+        shared=shared,
+        options=_options(settings),
+        limits=entitlement.plan.documents,
     )
     items = [_uploaded(r) for r in results]
     return UploadResponse(**items[0].model_dump(), documents=items)

@@ -43,6 +43,8 @@ class Document(Base):
     dedupe_key: Mapped[str] = mapped_column(String(120), unique=True)
     encoding: Mapped[str] = mapped_column(String(40))
     characters: Mapped[int] = mapped_column()
+    # Bytes as uploaded: what the plan's storage limits count.
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     chunk_count: Mapped[int] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
