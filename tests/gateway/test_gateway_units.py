@@ -90,6 +90,18 @@ def test_extractive_answer_handles_japanese() -> None:
     assert answer("日本の首都はどこですか", context) == "東京は日本の首都です。"
 
 
+def test_extractive_answer_quotes_the_section_a_heading_names_not_the_heading() -> None:
+    context = [
+        chunk(
+            "# Common errors\n\n## 401 Unauthorized\n\nThe request has no valid credentials.\n\n"
+            "## 413 Payload Too Large\n\nThe file is too big. The error code is file_too_large."
+        )
+    ]
+    # "401" only appears in a heading: the sentence under it answers; the heading is not quoted,
+    # and the frequent word "error" does not pull in another section.
+    assert answer("What does a 401 error mean?", context) == "The request has no valid credentials."
+
+
 @given(st.text(max_size=200))
 def test_streamed_pieces_rebuild_the_answer_exactly(text: str) -> None:
     assert "".join(pieces(text)) == text

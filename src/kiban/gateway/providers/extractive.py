@@ -2,8 +2,10 @@
 
 No model, no download, no invention: it scores every sentence of the retrieved chunks against the
 question (term overlap weighted by rarity, with character bigrams for Japanese and other scripts
-written without spaces), and answers with the best few, in their documents' order, streamed word
-by word. With no context it says so. The same input always gives the same answer.
+written without spaces), and answers with the best few of the best passage (a chunk, or the part
+of it under one Markdown heading, whose words count for the sentences below it), in their
+documents' order, streamed word by word. With no context it says so. The same input always gives
+the same answer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MAX_SENTENCES = 3
 # A sentence must score at least this share of the best one to be quoted alongside it.
 RELATIVE_CUTOFF = 0.5
 
+# A Markdown heading labels the sentences under it: it is matched with them, never quoted alone.
+_HEADING = re.compile(r"^#{1,6}\s")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])|(?<=[.;])(?=\s)|\n{1,}")
 _LATIN_WORD = re.compile(r"[0-9a-z]+(?:['’][a-z]+)?")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f々〆ー]+")
@@ -107,33 +111,46 @@ def best_sentences(question: str, context: Sequence[RetrievedChunk]) -> list[str
     wanted = Counter(terms(question))
     if not wanted:
         return []
-    candidates: list[tuple[int, str, Counter[str]]] = []
+    # (position, section, sentence, terms): a section is a chunk, or a heading's part of one.
+    candidates: list[tuple[int, int, str, Counter[str]]] = []
+    # Rarer question terms weigh more: document frequency over the sentences, where a heading
+    # counts once (not once per sentence under it).
+    df: Counter[str] = Counter()
     seen: set[str] = set()
+    section = 0
     for chunk in context:
+        section += 1
+        heading: Counter[str] = Counter()
         for sentence in sentences(chunk.text):
+            own = Counter(terms(sentence))
+            df.update(t for t in own if t in wanted)
+            if _HEADING.match(sentence):
+                section += 1
+                heading = own
+                continue
             if sentence in seen:
                 continue
             seen.add(sentence)
-            candidates.append((len(candidates), sentence, Counter(terms(sentence))))
+            candidates.append((len(candidates), section, sentence, own | heading))
     if not candidates:
         return []
-    # Rarer question terms weigh more (inverse document frequency over the candidate sentences).
-    df = Counter(t for _, _, bag in candidates for t in set(bag) if t in wanted)
     n = len(candidates)
     weight = {t: math.log(1 + n / df[t]) for t in wanted if df[t]}
     scored = []
-    for position, sentence, bag in candidates:
+    for position, part, sentence, bag in candidates:
         score = sum(weight.get(t, 0.0) for t in wanted if t in bag)
         if score > 0:
             # Prefer focused sentences: a mild length normalization.
             score /= 1 + 0.1 * math.log(1 + sum(bag.values()))
-            scored.append((score, position, sentence))
+            scored.append((score, position, part, sentence))
     if not scored:
         return []
     scored.sort(key=lambda item: (-item[0], item[1]))
-    top = scored[0][0]
-    chosen = [item for item in scored[:MAX_SENTENCES] if item[0] >= top * RELATIVE_CUTOFF]
-    return [sentence for _, _, sentence in sorted(chosen, key=lambda item: item[1])]
+    top, _, best_part, _ = scored[0]
+    # Quote from the best passage only, so the answer reads as one coherent excerpt.
+    passage = [item for item in scored if item[2] == best_part and item[0] >= top * RELATIVE_CUTOFF]
+    chosen = passage[:MAX_SENTENCES]
+    return [sentence for _, _, _, sentence in sorted(chosen, key=lambda item: item[1])]
 
 
 def answer(question: str, context: Sequence[RetrievedChunk]) -> str:
