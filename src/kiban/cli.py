@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import typer
+from sqlalchemy.engine import make_url
 
 from kiban.admin.cli import admin_app
 from kiban.auth.cli import register as register_auth_commands
@@ -70,7 +71,8 @@ def migrate(revision: str = typer.Argument("heads", help="Target revision.")) ->
             await engine.dispose()
 
     asyncio.run(run())
-    typer.echo(f"migrated {settings.database_url.split('@')[-1]} to {revision}")
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    typer.echo(f"migrated {shown} to {revision}")
 
 
 # Each domain contributes its commands.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -11,6 +12,8 @@ from sqlalchemy import text
 from kiban import __version__
 from kiban.auth.dependencies import KeyRingDep
 from kiban.core.migrations import migration_status
+
+log = structlog.get_logger("kiban.health")
 
 router = APIRouter(tags=["health"])
 
@@ -41,7 +44,9 @@ async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
         checks["migrations"] = status.as_dict()
         ready = status.at_head
     except Exception as e:  # any failure means "not ready", with the reason
-        checks["database"] = f"error: {type(e).__name__}: {e}"
+        # The full error goes to the log; an unauthenticated probe only learns its kind.
+        log.warning("readiness_failed", error=f"{type(e).__name__}: {e}")
+        checks["database"] = f"error: {type(e).__name__}"
         ready = False
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     if not ready:

@@ -45,3 +45,18 @@ async def test_unhandled_error_keeps_the_request_id(app: FastAPI) -> None:
         "request_id": "rid-500",
     }
     assert response.headers["x-request-id"] == "rid-500"
+
+
+async def test_readyz_names_the_failure_without_revealing_the_database(
+    make_settings,  # type: ignore[no-untyped-def]
+) -> None:
+    from kiban.app import create_app
+    from tests.conftest import RunningApp, make_client
+
+    # Nothing listens on port 1: the driver's error names the host and port.
+    settings = make_settings(database_url="postgresql+asyncpg://kiban:pw@127.0.0.1:1/kiban")
+    async with RunningApp(create_app(settings)) as app, make_client(app) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("error: ")
+    assert "127.0.0.1" not in response.text
