@@ -94,3 +94,9 @@ def subscription_event(
         ended_at=datetime.fromtimestamp(created, UTC) if status == "canceled" else None,
     )
     return simulate.event(event_type, obj, created=created)
+
+
+def customer_event(created: int | None = None) -> dict[str, object]:
+    """A realistic event that kiban records but does not act on (customer.created)."""
+    obj = {"id": "cus_123", "object": "customer", "email": "a@example.com"}
+    return simulate.event("customer.created", obj, created=created or int(clock.timestamp()))
