@@ -12,10 +12,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing import simulate
 from kiban.billing.plans import DEFAULT_PLANS_FILE
 from kiban.core import clock
+from kiban.models.billing import WebhookEvent
 from kiban.settings import Settings
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef0123456789abcdef"
@@ -100,3 +103,8 @@ def customer_event(created: int | None = None) -> dict[str, object]:
     """A realistic event that kiban records but does not act on (customer.created)."""
     obj = {"id": "cus_123", "object": "customer", "email": "a@example.com"}
     return simulate.event("customer.created", obj, created=created or int(clock.timestamp()))
+
+
+async def inbox_count(session: AsyncSession) -> int:
+    """How many events the webhook inbox holds."""
+    return int(await session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)

@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import httpx
 import orjson
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.app import create_app
 from kiban.core import clock
-from kiban.models.billing import BillingSubscription, WebhookEvent
 from kiban.settings import Settings
 from tests.billing.conftest import (
     WEBHOOK_SECRET,
     customer_event,
+    inbox_count,
     post_event,
     sign,
 )
 from tests.conftest import RunningApp, make_client
-
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-async def _inbox_count(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
-
-
-async def _subscription(session: AsyncSession, sub_id: str) -> BillingSubscription:
-    row = await session.scalar(
-        select(BillingSubscription)
-        .where(BillingSubscription.stripe_subscription_id == sub_id)
-        .execution_options(populate_existing=True)
-    )
-    assert row is not None
-    return row
 
 
 async def test_webhook_without_configured_secret_is_503(
@@ -96,7 +78,7 @@ async def test_tampered_body_is_400(client: httpx.AsyncClient, session: AsyncSes
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "signature_invalid"
-    assert await _inbox_count(session) == 0
+    assert await inbox_count(session) == 0
 
 
 @pytest.mark.parametrize("offset", [-302, 302])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing import simulate
@@ -17,16 +17,11 @@ from kiban.models.billing import BillingSubscription, WebhookEvent
 from tests.billing.conftest import (
     PRO_PRICE,
     customer_event,
+    inbox_count,
     post_event,
     subscription_event,
 )
 from tests.conftest import auth_headers
-
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-async def _inbox_count(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
 
 
 async def _subscription(session: AsyncSession, sub_id: str) -> BillingSubscription:
@@ -123,7 +118,7 @@ async def test_duplicate_delivery_is_acknowledged_and_changes_nothing(
     row = await _subscription(session, "sub_dup")
     assert row.cancel_at_period_end is True
     assert row.last_event_id == canceled["id"]
-    assert await _inbox_count(session) == 2
+    assert await inbox_count(session) == 2
 
 
 async def test_concurrent_copies_of_one_event_apply_once(
@@ -141,7 +136,7 @@ async def test_concurrent_copies_of_one_event_apply_once(
     responses = await asyncio.gather(*(post_event(client, event) for _ in range(12)))
     assert [r.status_code for r in responses] == [200] * 12
     assert sum(1 for r in responses if not r.json()["duplicate"]) == 1
-    assert await _inbox_count(session) == 1
+    assert await inbox_count(session) == 1
 
 
 async def test_older_event_never_overwrites_newer_state(
