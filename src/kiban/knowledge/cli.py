@@ -24,9 +24,7 @@ def seed() -> None:
         settings = Settings()
         engine = create_engine(settings.database_url)
         try:
-            options = ChunkingOptions(
-                settings.knowledge_chunk_chars, settings.knowledge_chunk_overlap_chars
-            )
+            options = ChunkingOptions.from_settings(settings)
             async with session_scope(create_sessionmaker(engine)) as session:
                 results = await seed_documents(session, options)
         finally:

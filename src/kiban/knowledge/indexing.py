@@ -21,12 +21,18 @@ from kiban.knowledge.analyzer import analyze
 from kiban.knowledge.chunking import DEFAULT_OVERLAP_CHARS, DEFAULT_TARGET_CHARS, chunk_text
 from kiban.knowledge.search import update_term_stats
 from kiban.models.knowledge import SHARED_SCOPE, Document, DocumentChunk, owner_scope
+from kiban.settings import Settings
 
 
 @dataclass(frozen=True)
 class ChunkingOptions:
     target_chars: int = DEFAULT_TARGET_CHARS
     overlap_chars: int = DEFAULT_OVERLAP_CHARS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChunkingOptions:
+        """The chunk size and overlap the operator configured."""
+        return cls(settings.knowledge_chunk_chars, settings.knowledge_chunk_overlap_chars)
 
 
 @dataclass(frozen=True)

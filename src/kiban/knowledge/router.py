@@ -28,13 +28,8 @@ from kiban.knowledge.schemas import (
 )
 from kiban.models import User
 from kiban.models.knowledge import Document
-from kiban.settings import Settings
 
 router = APIRouter(tags=["knowledge"])
-
-
-def _options(settings: Settings) -> ChunkingOptions:
-    return ChunkingOptions(settings.knowledge_chunk_chars, settings.knowledge_chunk_overlap_chars)
 
 
 def _uploaded(result: IndexedDocument) -> UploadedDocument:
@@ -109,7 +104,7 @@ async def upload_documents(
         user,
         received,
         shared=shared,
-        options=_options(settings),
+        options=ChunkingOptions.from_settings(settings),
         limits=entitlement.plan.documents,
     )
     items = [_uploaded(r) for r in results]
@@ -181,7 +176,7 @@ async def seed_documents(
     """Load the built-in sample documents (shared; idempotent). Admin-only outside development."""
     if settings.env != "development" and not user.is_admin:
         raise exc.SeedRequiresAdmin()
-    results = await documents.seed(session, _options(settings))
+    results = await documents.seed(session, ChunkingOptions.from_settings(settings))
     return SeedResponse(
         documents=[_uploaded(r) for r in results], created=sum(r.created for r in results)
     )
