@@ -15,7 +15,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.auth import exceptions as exc
@@ -102,20 +102,18 @@ async def rotate(session: AsyncSession, settings: Settings, token: str) -> tuple
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID, reason: str) -> int:
     """Revoke every live token of a family; the number revoked."""
-    result = await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=clock.now(), revoked_reason=reason)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0))
+    return await _revoke(session, RefreshToken.family_id == family_id, reason)
 
 
 async def revoke_user(session: AsyncSession, user_id: uuid.UUID, reason: str) -> int:
     """Revoke every live refresh token of a user (password change, deactivation)."""
+    return await _revoke(session, RefreshToken.user_id == user_id, reason)
+
+
+async def _revoke(session: AsyncSession, which: ColumnElement[bool], reason: str) -> int:
     result = await session.execute(
         update(RefreshToken)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .where(which, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=clock.now(), revoked_reason=reason)
         .execution_options(synchronize_session=False)
     )
