@@ -26,11 +26,10 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("kiban's migrations directory was not found")
 
 
-def alembic_config(database_url: str | None = None) -> Config:
+def alembic_config() -> Config:
+    """Alembic's configuration; the connection is handed in through ``config.attributes``."""
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    if database_url:
-        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
 
