@@ -172,6 +172,7 @@ async def test_explain_refresh_token_family(
     code, output = await explain_in_thread(stolen)
     assert "family: revoked (reuse_detected)" in output
     fresh = (await sign_in(client, user.email))["refresh_token"]
+    assert fresh.startswith("kbr_")  # never "-…", which the command line would take as an option
     code, output = await explain_in_thread(fresh)
     assert code == 0, output
     assert "family: 1 live token(s)" in output

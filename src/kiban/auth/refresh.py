@@ -44,11 +44,16 @@ def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# A recognizable prefix; it also keeps a token from starting with "-", which a command line (e.g.
+# `kiban token explain TOKEN`) would read as an option.
+REFRESH_TOKEN_PREFIX = "kbr_"  # noqa: S105 (a prefix, not a secret)
+
+
 async def issue(
     session: AsyncSession, settings: Settings, user: User, family_id: uuid.UUID | None = None
 ) -> str:
     """A new refresh token for the user, in a new family unless one is given."""
-    token = secrets.token_urlsafe(32)
+    token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         RefreshToken(
             user_id=user.id,
