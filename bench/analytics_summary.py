@@ -112,7 +112,7 @@ async def build(url: str, n: int) -> None:
     print(f"  built {n:,} rows in {time.perf_counter() - started:.0f} s")
     started = time.perf_counter()
     await upgrade(engine)
-    print(f"  migration 0008 backfilled the rollups in {time.perf_counter() - started:.1f} s")
+    print(f"  migrations 0008-0009 backfilled the rollups in {time.perf_counter() - started:.1f} s")
     async with engine.begin() as conn:  # planner statistics for the new tables
         await conn.execute(text("ANALYZE"))
     await engine.dispose()

@@ -18,12 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from kiban.admin import analytics, rollups
+from kiban.admin.histograms import EDGES
 from kiban.admin.schemas import RankBy
 from kiban.cli import app as cli
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import alembic_config, upgrade
 from kiban.gateway.ledger import LedgerWriter
-from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, User
+from kiban.models import (
+    UsageHistogramHourly,
+    UsageRecord,
+    UsageRollupHourly,
+    UsageRollupUserDaily,
+    User,
+)
 from tests.admin.conftest import T0, expected_figures, make_records, seed
 from tests.conftest import TEST_SECRET, create_user
 
@@ -71,10 +78,35 @@ async def rollups_and_ledger(session: AsyncSession) -> tuple[dict[Any, list[int]
     return got_hourly, hourly, got_daily, daily
 
 
+def _bin(value: float) -> int:
+    # Independent of histograms.bin_of (a bisection): count the edges at or below the value.
+    return sum(1 for edge in EDGES if edge <= value)
+
+
+async def histograms_and_ledger(session: AsyncSession) -> tuple[dict[Any, int], dict[Any, int]]:
+    """The histogram table's counts, and the same counts computed here from the ledger's rows."""
+    want: dict[Any, int] = {}
+    for r in (await session.execute(select(UsageRecord))).scalars():
+        if r.status == "rejected":
+            continue
+        hour = r.created_at.replace(minute=0, second=0, microsecond=0)
+        values = {"latency": r.response_time_ms, "ttft": r.time_to_first_token_ms}
+        for metric, value in values.items():
+            if value is not None:
+                key = (hour, metric, _bin(value))
+                want[key] = want.get(key, 0) + 1
+    H = UsageHistogramHourly
+    got = {(h.hour, h.metric, h.bin): h.count for h in (await session.execute(select(H))).scalars()}
+    return got, want
+
+
 async def assert_rollups_match_ledger(session: AsyncSession) -> None:
     got_hourly, hourly, got_daily, daily = await rollups_and_ledger(session)
     assert got_hourly == hourly
     assert got_daily == daily
+    got_histograms, histograms = await histograms_and_ledger(session)
+    assert got_histograms == histograms
+    assert histograms  # the ledger had latencies to count
 
 
 async def test_the_ledger_writer_keeps_the_rollups_equal_to_the_ledger(

@@ -12,8 +12,10 @@ Definitions (also in the README and checked by the tests against plain Python):
 
 Sums of cost are taken in integer units of 1e-10 USD (the ledger's scale), exact on both databases.
 Counts, tokens and cost come from the rollups for the whole hours (days, for top users) of a
-window and from the ledger for its partial edges (``kiban.admin.rollups``); percentiles always
-come from the ledger.
+window and from the ledger for its partial edges (``kiban.admin.rollups``). Percentiles are exact
+values of the ledger, located with the hourly histograms (``kiban.admin.histograms``); one user's
+summary and per-group time series, which the histograms do not split, sample the ledger instead
+(``kiban.admin.percentiles``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import rollups
+from kiban.admin import histograms, rollups
 from kiban.admin.exceptions import InvalidWindow, TooManyBuckets
 from kiban.admin.percentiles import Column, Selection, Wanted, nearest_rank
 from kiban.admin.schemas import (
@@ -64,6 +66,10 @@ MAX_BUCKETS = 2_000
 LATENCY_PERCENTS = (50, 95, 99)
 TTFT_PERCENTS = (50, 95)
 STATUSES = tuple(s.value for s in UsageStatus)
+_METRICS = (
+    histograms.Metric(histograms.LATENCY, UsageRecord.response_time_ms, LATENCY_PERCENTS),
+    histograms.Metric(histograms.TTFT, UsageRecord.time_to_first_token_ms, TTFT_PERCENTS),
+)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 OUT_OF_RANGE = "'from' and 'to' must be times between the years 1 and 9999."
 
@@ -245,7 +251,12 @@ async def summary(
     else:
         empty = dict.fromkeys(_AGGREGATE_NAMES, 0)
         totals = (await _hourly(session, window, [])).get((), empty)
-        # The rollups know the window's size: the selection need not count it again.
+        binned = await histograms.percentiles(session, window.start, window.end, _METRICS)
+        if binned is not None:
+            latency, ttft = binned.get(None, [{}, {}])
+            return Summary(start=window.start, end=window.end, **_figures(totals, latency, ttft))
+        # The histograms disagree with the ledger: sample. The rollups know the window's size,
+        # so the selection need not count it again.
         await selection.prepare(session, rows=totals["requests"])
         counted = []
         if selection.needs_counts:
@@ -279,6 +290,11 @@ def _bucket_expr(
         return func.substr(cast(column, String), 1, 13 if interval is Interval.HOUR else 10)
     fmt = "YYYY-MM-DD HH24" if interval is Interval.HOUR else "YYYY-MM-DD"
     return func.to_char(func.timezone("UTC", column), fmt)
+
+
+def _bucket_text(at: datetime, interval: Interval) -> str:
+    """The text ``_bucket_expr`` gives in SQL, for a time read here."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H" if interval is Interval.HOUR else "%Y-%m-%d")
 
 
 def _parse_bucket(text: str) -> datetime:
@@ -322,18 +338,31 @@ async def timeseries(
         _group_keys(group_by),
     ]
     rows = await _hourly(session, window, keys)
-    attempted = [*filters, U.status != UsageStatus.REJECTED]
-    latency = await _grouped_percentiles(
-        session, bucket, group, U.response_time_ms, attempted, LATENCY_PERCENTS
-    )
-    ttft = await _grouped_percentiles(
-        session,
-        bucket,
-        group,
-        U.time_to_first_token_ms,
-        [*attempted, U.time_to_first_token_ms.is_not(None)],
-        TTFT_PERCENTS,
-    )
+    percentiles = None
+    if group_by is None:  # the histograms are per hour only, not per group
+        cut = histograms.Buckets(
+            sql=lambda hour: _bucket_expr(session, interval, hour),
+            of=lambda at: _bucket_text(at, interval),
+        )
+        percentiles = await histograms.percentiles(session, window.start, window.end, _METRICS, cut)
+    latency: dict[tuple[str, str | None], dict[int, float | None]]
+    ttft: dict[tuple[str, str | None], dict[int, float | None]]
+    if percentiles is not None:
+        latency = {(b, None): v[0] for b, v in percentiles.items()}
+        ttft = {(b, None): v[1] for b, v in percentiles.items()}
+    else:
+        attempted = [*filters, U.status != UsageStatus.REJECTED]
+        latency = await _grouped_percentiles(
+            session, bucket, group, U.response_time_ms, attempted, LATENCY_PERCENTS
+        )
+        ttft = await _grouped_percentiles(
+            session,
+            bucket,
+            group,
+            U.time_to_first_token_ms,
+            [*attempted, U.time_to_first_token_ms.is_not(None)],
+            TTFT_PERCENTS,
+        )
     by_group: dict[str | None, dict[datetime, dict[str, Any]]] = {}
     totals: dict[str | None, int] = {}
     for (b, g), values in rows.items():

@@ -20,8 +20,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.admin import histograms
 from kiban.core import clock
-from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus
+from kiban.models import (
+    UsageHistogramHourly,
+    UsageRecord,
+    UsageRollupHourly,
+    UsageRollupUserDaily,
+    UsageStatus,
+)
 from kiban.models.rollup import NO_PLAN, NO_USER
 
 COST_SCALE = 10**10  # the ledger stores Numeric(20, 10): costs are whole 1e-10 USD units
@@ -31,6 +38,7 @@ STATUSES = tuple(s.value for s in UsageStatus)
 
 R = UsageRollupHourly
 D = UsageRollupUserDaily
+H = UsageHistogramHourly
 _HOURLY_KEYS = ("hour", "model", "endpoint", "status", "plan")
 _HOURLY_FIGURES = (
     "requests",
@@ -42,6 +50,7 @@ _HOURLY_FIGURES = (
 )
 _DAILY_KEYS = ("day", "user_id")
 _DAILY_FIGURES = ("requests", "total_tokens", "cost_units")
+_HISTOGRAM_KEYS = ("hour", "metric", "bin")
 
 
 def to_units(cost: Decimal | float | None) -> int:
@@ -59,6 +68,7 @@ async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]
     """
     hourly: dict[tuple[Any, ...], list[int]] = {}
     daily: dict[tuple[Any, ...], list[int]] = {}
+    binned: dict[tuple[Any, ...], list[int]] = {}
     for record in records:
         at = record.setdefault("created_at", clock.now()).astimezone(UTC)
         hour = at.replace(minute=0, second=0, microsecond=0)
@@ -72,8 +82,11 @@ async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]
         _accumulate(hourly, (*key, record.get("plan") or NO_PLAN), figures)
         user = record.get("user_id") or NO_USER
         _accumulate(daily, (hour.replace(hour=0), user), (1, total, units))
+        for metric, index in histograms.record_bins(record):
+            _accumulate(binned, (hour, metric, index), (1,))
     await _upsert(session, R.__table__, _HOURLY_KEYS, _HOURLY_FIGURES, hourly)  # type: ignore[arg-type]
     await _upsert(session, D.__table__, _DAILY_KEYS, _DAILY_FIGURES, daily)  # type: ignore[arg-type]
+    await _upsert(session, H.__table__, _HISTOGRAM_KEYS, ("count",), binned)  # type: ignore[arg-type]
 
 
 def _accumulate(
@@ -108,17 +121,20 @@ async def _upsert(
 
 
 async def rebuild(session: AsyncSession, chunk: int = 5_000) -> int:
-    """Recompute both rollups from the whole ledger, in the caller's transaction; the row count.
+    """Recompute the rollups from the whole ledger, in the caller's transaction; the row count.
 
     For a ledger written some other way than the writer (a restore, an import). Writers wait
     meanwhile: SQLite's write lock is taken by the first DELETE, PostgreSQL's tables are locked.
     """
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(
-            text("LOCK TABLE usage_rollups_hourly, usage_rollups_user_daily IN EXCLUSIVE MODE")
+            text(
+                "LOCK TABLE usage_rollups_hourly, usage_rollups_user_daily,"
+                " usage_histograms_hourly IN EXCLUSIVE MODE"
+            )
         )
-    await session.execute(delete(R))
-    await session.execute(delete(D))
+    for table in (R, D, H):
+        await session.execute(delete(table))
     columns = [getattr(UsageRecord, name) for name in _LEDGER_COLUMNS]
     result = await session.stream(select(*columns).execution_options(yield_per=chunk))
     count = 0
@@ -139,6 +155,8 @@ _LEDGER_COLUMNS = (
     "completion_tokens",
     "total_tokens",
     "estimated_cost",
+    "response_time_ms",
+    "time_to_first_token_ms",
 )
 
 

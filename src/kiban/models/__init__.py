@@ -10,7 +10,7 @@ from kiban.models.billing import (
 )
 from kiban.models.knowledge import Document, DocumentChunk, KnowledgeTerm
 from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation
-from kiban.models.rollup import UsageRollupHourly, UsageRollupUserDaily
+from kiban.models.rollup import UsageHistogramHourly, UsageRollupHourly, UsageRollupUserDaily
 from kiban.models.usage import UsageRecord, UsageStatus
 from kiban.models.user import Role, User
 
@@ -29,6 +29,7 @@ __all__ = [
     "RefreshToken",
     "Role",
     "SubscriptionState",
+    "UsageHistogramHourly",
     "UsageRecord",
     "UsageRollupHourly",
     "UsageRollupUserDaily",

@@ -1,9 +1,11 @@
 """Rollups of the usage ledger for admin analytics (decision 0055).
 
 Written in the same transaction as the ledger rows they count (``kiban.admin.rollups.add``), so
-they never disagree with the ledger. Only additive figures live here; percentiles need the raw
-values and are read from the ledger. Key columns are NOT NULL so an upsert always finds its row:
-a NULL plan is stored as ``''``, an anonymous record's user as the nil UUID.
+they never disagree with the ledger. Only additive figures live here: counts, sums, and
+histograms of latency and time to first token, which narrow an exact percentile down to the few
+ledger values of one histogram bin (``kiban.admin.histograms``). Key columns are NOT NULL so an
+upsert always finds its row: a NULL plan is stored as ``''``, an anonymous record's user as the
+nil UUID.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, String
+from sqlalchemy import BigInteger, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.models.base import Base
@@ -50,3 +52,16 @@ class UsageRollupUserDaily(Base):
     requests: Mapped[int] = mapped_column(BigInteger)
     total_tokens: Mapped[int] = mapped_column(BigInteger)
     cost_units: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageHistogramHourly(Base):
+    """How many ledger values fell in each bin per UTC hour: latency (every record except
+    rejected ones) and time to first token (those that have one). Bins are fixed
+    (``kiban.admin.histograms.EDGES``)."""
+
+    __tablename__ = "usage_histograms_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    metric: Mapped[str] = mapped_column(String(16), primary_key=True)  # "latency" | "ttft"
+    bin: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -45,6 +45,10 @@ class UsageRecord(Base):
             "response_time_ms",
             "time_to_first_token_ms",
         ),
+        # Exact percentiles (migration 0009): the histogram rollup names the bin that holds a
+        # rank, and these fetch that bin's values in a window without reading the window.
+        Index("ix_usage_records_latency", "response_time_ms", "created_at", "status"),
+        Index("ix_usage_records_ttft", "time_to_first_token_ms", "created_at", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -1,0 +1,250 @@
+"""Exact latency and TTFT percentiles from per-hour histograms (decision 0062).
+
+A nearest-rank percentile of a window needs, in principle, every value in it; sampling
+(``kiban.admin.percentiles``) still reads the window twice. The histogram rollup keeps instead,
+per UTC hour, how many values fell in each of a fixed set of bins, written with each ledger batch
+like the other rollups. For a window:
+
+1. the bins' counts are summed over its whole hours; its partial hours at both ends (the edges)
+   are read from the ledger and binned here;
+2. each wanted rank falls in one bin, found by walking the cumulative counts, which also says
+   how many values lie below that bin;
+3. only that bin's values are fetched from the ledger (an index on the value serves them), and
+   the answer is picked from them: exact, with no sampling and no pass over the window.
+
+A fetched bin must hold exactly as many values as its count says. If it does not (ledger rows
+written around the writer, before ``kiban admin rebuild-rollups``), ``percentiles`` returns
+``None`` and the caller computes the slow way.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.admin import rollups
+from kiban.admin.percentiles import Column, nearest_rank
+from kiban.models import UsageHistogramHourly, UsageRecord, UsageStatus
+
+log = structlog.get_logger(__name__)
+
+H = UsageHistogramHourly
+U = UsageRecord
+LATENCY = "latency"
+TTFT = "ttft"
+# Windows with at most this many values are fetched by time (one short range of the window)
+# rather than by value (each bin's index range, which spans the whole ledger's history).
+SCAN_BY_TIME_LIMIT = 50_000
+
+
+def _edges() -> tuple[float, ...]:
+    # 0, then from 0.01 ms up by 5% (rounded to four significant digits, so the edges are exact
+    # decimal-looking floats) until past 10^8 ms: a bin is never wider than 5% of its values.
+    # Never change these without a migration that rebuilds usage_histograms_hourly.
+    edges, i = [0.0], 0
+    while edges[-1] < 1e8:
+        edges.append(float(f"{0.01 * 1.05**i:.4g}"))
+        i += 1
+    return tuple(edges)
+
+
+EDGES = _edges()
+
+
+def bin_of(value: float) -> int:
+    """The bin of a value: bin ``i`` holds ``EDGES[i-1] <= value < EDGES[i]`` (open at the ends)."""
+    return bisect_right(EDGES, value)
+
+
+def bin_range(index: int) -> tuple[float | None, float | None]:
+    """A bin's bounds ``[lo, hi)``; ``None`` where it is open."""
+    lo = EDGES[index - 1] if index > 0 else None
+    hi = EDGES[index] if index < len(EDGES) else None
+    return lo, hi
+
+
+def record_bins(record: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The (metric, bin) pairs a ledger record adds to the histograms."""
+    if record["status"] == UsageStatus.REJECTED:  # never reached a provider: no latency
+        return []
+    bins = [(LATENCY, bin_of(float(record.get("response_time_ms") or 0.0)))]
+    ttft = record.get("time_to_first_token_ms")
+    if ttft is not None:
+        bins.append((TTFT, bin_of(float(ttft))))
+    return bins
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Percentiles wanted of one histogrammed column."""
+
+    name: str  # LATENCY or TTFT
+    column: Column
+    percents: Sequence[int]
+
+
+METRICS = {LATENCY: U.response_time_ms, TTFT: U.time_to_first_token_ms}
+_INDEXES = {LATENCY: "ix_usage_records_latency", TTFT: "ix_usage_records_ttft"}
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """A window cut in time buckets: a rollup hour's bucket in SQL, a ledger time's in Python.
+
+    Both must give the same key for the same hour (the analytics use 'YYYY-MM-DD HH' text).
+    """
+
+    sql: Callable[[Any], ColumnElement[Any]]
+    of: Callable[[datetime], Any]
+
+
+Key = Any  # a bucket's key, or None for the whole window
+Counts = dict[tuple[Key, int], dict[int, int]]  # (bucket, metric index) -> bin -> count
+
+
+async def percentiles(
+    session: AsyncSession,
+    start: datetime,
+    end: datetime,
+    metrics: Sequence[Metric],
+    buckets: Buckets | None = None,
+    *,
+    scan_by_time_limit: int = SCAN_BY_TIME_LIMIT,
+) -> dict[Key, list[dict[int, float | None]]] | None:
+    """Nearest-rank percentiles over ``[start, end)`` (rejected records left out), per bucket.
+
+    ``None`` when the histograms disagree with the ledger (see the module's docstring).
+    """
+    split = rollups.split(start, end, rollups.HOUR)
+    names = [m.name for m in metrics]
+    counts: Counts = {}
+    if split.whole:
+        bucket = buckets.sql(H.hour) if buckets else literal(None)
+        query = (
+            select(bucket.label("k"), H.metric, H.bin, func.sum(H.count).label("n"))
+            .where(H.hour >= split.whole[0], H.hour < split.whole[1], H.metric.in_(names))
+            .group_by(bucket, H.metric, H.bin)
+        )
+        for row in await session.execute(query):
+            slot = counts.setdefault((row.k, names.index(row.metric)), {})
+            slot[row.bin] = int(row.n)
+    whole_counts = {k: dict(v) for k, v in counts.items()}
+    # The edges' values, read whole (at most two partial hours) and binned here.
+    edge_values: dict[tuple[Key, int, int], list[float]] = {}
+    if split.edges:
+        columns = [m.column for m in metrics]
+        query = select(U.created_at, *columns).where(
+            or_(*(and_(U.created_at >= a, U.created_at < b) for a, b in split.edges)),
+            U.status != UsageStatus.REJECTED,
+        )
+        for row in await session.execute(query):
+            key = buckets.of(row[0]) if buckets else None
+            values: Sequence[float | None] = row[1:]
+            for i, value in enumerate(values):
+                if value is not None:
+                    b = bin_of(value)
+                    slot = counts.setdefault((key, i), {})
+                    slot[b] = slot.get(b, 0) + 1
+                    edge_values.setdefault((key, i, b), []).append(float(value))
+    # Where each rank falls: (bucket, metric, percent) -> (bin, rank within the bin).
+    targets: dict[tuple[Key, int, int], tuple[int, int]] = {}
+    for (key, i), bins in counts.items():
+        n = sum(bins.values())
+        ranks = sorted((nearest_rank(p, n), p) for p in metrics[i].percents) if n else []
+        below, r = 0, 0
+        for b in sorted(bins):
+            while r < len(ranks) and ranks[r][0] <= below + bins[b]:
+                targets[(key, i, ranks[r][1])] = (b, ranks[r][0] - below)
+                r += 1
+            below += bins[b]
+    fetched = await _fetch(
+        session, split.whole, metrics, targets, whole_counts, buckets, scan_by_time_limit
+    )
+    result: dict[Key, list[dict[int, float | None]]] = {}
+    for key, _ in counts:
+        result.setdefault(key, [dict.fromkeys(m.percents) for m in metrics])
+    for (key, i, p), (b, offset) in targets.items():
+        values = sorted(fetched.get((key, i, b), []) + edge_values.get((key, i, b), []))
+        if len(values) != counts[(key, i)][b]:
+            log.warning(
+                "histogram_disagrees_with_ledger",
+                metric=metrics[i].name,
+                bin=b,
+                counted=counts[(key, i)][b],
+                found=len(values),
+                hint="run `kiban admin rebuild-rollups`",
+            )
+            return None
+        result[key][i][p] = values[offset - 1]
+    return result
+
+
+async def _fetch(
+    session: AsyncSession,
+    whole: tuple[datetime, datetime] | None,
+    metrics: Sequence[Metric],
+    targets: Mapping[tuple[Key, int, int], tuple[int, int]],
+    whole_counts: Counts,
+    buckets: Buckets | None,
+    scan_by_time_limit: int,
+) -> dict[tuple[Key, int, int], list[float]]:
+    """The ledger values of the target bins in the window's whole hours, by (bucket, metric, bin).
+
+    One statement: per metric and bin, a range of the value index (a small window instead reads
+    its own time range once).
+    """
+    wanted = {(key, i, b) for (key, i, _), (b, _) in targets.items()}
+    if whole is None or not any(whole_counts.get((k, i), {}).get(b) for k, i, b in wanted):
+        return {}
+    in_whole = (U.created_at >= whole[0], U.created_at < whole[1])
+    attempted = U.status != UsageStatus.REJECTED
+    by_metric: dict[int, set[int]] = {}
+    for _, i, b in wanted:
+        by_metric.setdefault(i, set()).add(b)
+    values = sum(sum(c.values()) for (_, i), c in whole_counts.items() if i == 0)
+    by_time = values <= scan_by_time_limit
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    parts = []
+    for i, bins in sorted(by_metric.items()):
+        column = metrics[i].column
+        ranges = [_in_bin(column, b) for b in sorted(bins)]
+        if by_time:
+            parts.append(
+                select(literal(i).label("m"), U.created_at, column.label("v")).where(
+                    *in_whole, attempted, or_(*ranges)
+                )
+            )
+            continue
+        for where in ranges:
+            part = select(literal(i).label("m"), U.created_at, column.label("v"))
+            part = part.where(where, *in_whole, attempted)
+            if sqlite:
+                # SQLite's planner, without statistics, may take the time index and read the
+                # whole window: name the value index (PostgreSQL's planner has statistics).
+                part = part.with_hint(U, f"INDEXED BY {_INDEXES[metrics[i].name]}", "sqlite")
+            parts.append(part)
+    statement = parts[0] if len(parts) == 1 else union_all(*parts)
+    found: dict[tuple[Key, int, int], list[float]] = {}
+    for m, created_at, value in await session.execute(statement):
+        key = buckets.of(created_at) if buckets else None
+        slot = (key, m, bin_of(value))
+        if slot in wanted:
+            found.setdefault(slot, []).append(float(value))
+    return found
+
+
+def _in_bin(column: Column, index: int) -> ColumnElement[bool]:
+    lo, hi = bin_range(index)
+    parts: list[ColumnElement[bool]] = [column.is_not(None)]
+    if lo is not None:
+        parts.append(column >= lo)
+    if hi is not None:
+        parts.append(column < hi)
+    return and_(*parts)

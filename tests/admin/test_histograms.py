@@ -1,0 +1,160 @@
+"""Exact percentiles located with the hourly histograms, checked against plain Python."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import timedelta
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kiban.admin import analytics, histograms
+from kiban.admin.histograms import EDGES, Metric, bin_of, bin_range
+from kiban.admin.schemas import Interval
+from kiban.models import UsageHistogramHourly, UsageRecord, User
+from tests.admin.conftest import T0, expected_figures, make_records, nearest_rank, seed
+
+PERCENTS = (1, 50, 95, 99, 100)
+METRICS = (
+    Metric(histograms.LATENCY, UsageRecord.response_time_ms, PERCENTS),
+    Metric(histograms.TTFT, UsageRecord.time_to_first_token_ms, PERCENTS),
+)
+MINUTE = timedelta(minutes=1)
+WINDOWS = {
+    "whole hours": (T0, T0 + timedelta(hours=48)),
+    "ragged ends": (T0 + 17 * MINUTE, T0 + timedelta(hours=50, minutes=5)),
+    "inside one hour": (T0 + 10 * MINUTE, T0 + 50 * MINUTE),
+}
+
+
+def test_bins_are_fixed_narrow_and_hold_their_values() -> None:
+    assert EDGES[0] == 0.0
+    assert EDGES[-1] >= 1e8
+    assert all(a < b for a, b in itertools.pairwise(EDGES))
+    # Past the first edges, no bin is wider than 5% (plus the four-digit rounding) of its values.
+    assert all(b / a <= 1.0511 for a, b in itertools.pairwise(EDGES[2:]))
+    for k, edge in enumerate(EDGES):
+        assert bin_of(edge) == k + 1  # an edge opens the bin above it
+    rnd = random.Random(5)
+    for value in [-1.0, 0.0, 1e-9, 3.0, 1e12, *(rnd.lognormvariate(5, 3) for _ in range(2_000))]:
+        lo, hi = bin_range(bin_of(value))
+        assert lo is None or lo <= value
+        assert hi is None or value < hi
+
+
+@pytest.fixture
+async def ledger(session: AsyncSession, user: User) -> list[UsageRecord]:
+    records = make_records(800, [user.id, None], seed=41)
+    await seed(session, records)
+    return records
+
+
+def _expected(records: list[UsageRecord], start: object, end: object) -> list[dict[int, float]]:
+    inside = [r for r in records if start <= r.created_at < end and r.status != "rejected"]  # type: ignore[operator]
+    latency = [r.response_time_ms for r in inside]
+    ttft = [r.time_to_first_token_ms for r in inside if r.time_to_first_token_ms is not None]
+    return [
+        {p: nearest_rank(latency, p) for p in PERCENTS},
+        {p: nearest_rank(ttft, p) for p in PERCENTS},
+    ]
+
+
+@pytest.mark.parametrize("name", WINDOWS)
+@pytest.mark.parametrize("scan_by_time_limit", [0, 10**9], ids=["by value", "by time"])
+async def test_percentiles_equal_pythons_whichever_way_the_bins_are_fetched(
+    session: AsyncSession, ledger: list[UsageRecord], name: str, scan_by_time_limit: int
+) -> None:
+    start, end = WINDOWS[name]
+    got = await histograms.percentiles(
+        session, start, end, METRICS, scan_by_time_limit=scan_by_time_limit
+    )
+    assert got is not None
+    assert got[None] == _expected(ledger, start, end)
+
+
+async def test_percentiles_per_bucket_equal_pythons(
+    session: AsyncSession, ledger: list[UsageRecord]
+) -> None:
+    start, end = WINDOWS["ragged ends"]
+    cut = histograms.Buckets(
+        sql=lambda hour: analytics._bucket_expr(session, Interval.DAY, hour),
+        of=lambda at: analytics._bucket_text(at, Interval.DAY),
+    )
+    got = await histograms.percentiles(session, start, end, METRICS, cut, scan_by_time_limit=0)
+    assert got is not None
+    days = sorted(
+        {r.created_at.strftime("%Y-%m-%d") for r in ledger if start <= r.created_at < end}
+    )
+    assert sorted(got) == days
+    for key in days:
+        members = [r for r in ledger if r.created_at.strftime("%Y-%m-%d") == key]
+        assert got[key] == _expected(members, start, end), key
+
+
+@pytest.mark.parametrize("interval", ["hour", "day"])
+async def test_timeseries_without_groups_matches_python(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    ledger: list[UsageRecord],
+    interval: str,
+) -> None:
+    start, end = WINDOWS["ragged ends"]
+    params = {"from": start.isoformat(), "to": end.isoformat(), "interval": interval}
+    r = await client.get("/admin/analytics/timeseries", params=params, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    (series,) = r.json()["series"]
+    width = 13 if interval == "hour" else 10
+    for point in series["points"]:
+        bucket = point["bucket"].replace("T", " ")[:width]
+        members = [
+            rec
+            for rec in ledger
+            if start <= rec.created_at < end and rec.created_at.isoformat(sep=" ")[:width] == bucket
+        ]
+        want = expected_figures(members)
+        for key in ("requests", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+            assert point[key] == want[key], (bucket, key)
+        assert (point["ttft_p50_ms"], point["ttft_p95_ms"]) == (
+            want["ttft_p50_ms"],
+            want["ttft_p95_ms"],
+        )
+
+
+async def test_a_histogram_that_disagrees_with_the_ledger_is_not_trusted(
+    app: FastAPI, session: AsyncSession, ledger: list[UsageRecord]
+) -> None:
+    # A ledger changed around the writer: the bin that holds the median latency counts one
+    # value more than the ledger has.
+    start, end = WINDOWS["whole hours"]
+    want = expected_figures([r for r in ledger if start <= r.created_at < end])
+    H = UsageHistogramHourly
+    median_bin = (H.metric == "latency", H.bin == bin_of(want["latency_p50_ms"]))
+    hour = await session.scalar(select(func.min(H.hour)).where(*median_bin))
+    await session.execute(update(H).where(H.hour == hour, *median_bin).values(count=H.count + 1))
+    await session.commit()
+    assert await histograms.percentiles(session, start, end, METRICS) is None
+    # The summary then finds its percentiles the slow way, still exact.
+    async with app.state.sessionmaker() as s:
+        got = await analytics.summary(s, analytics.Window(start, end))
+    assert (got.latency_p50_ms, got.latency_p95_ms, got.latency_p99_ms) == (
+        want["latency_p50_ms"],
+        want["latency_p95_ms"],
+        want["latency_p99_ms"],
+    )
+    assert (got.ttft_p50_ms, got.ttft_p95_ms) == (want["ttft_p50_ms"], want["ttft_p95_ms"])
+
+
+async def test_heavy_ties_in_one_bin_stay_exact(session: AsyncSession) -> None:
+    # Heavy ties: most values share one bin (and one value); the fetch still proves each rank.
+    records = make_records(400, [None], seed=8)
+    for i, r in enumerate(records):
+        r.response_time_ms = 2.5 if i % 7 else 2.51
+    await seed(session, records)
+    start, end = T0, T0 + timedelta(days=4)
+    got = await histograms.percentiles(session, start, end, METRICS[:1], scan_by_time_limit=0)
+    assert got is not None
+    assert got[None][0] == _expected(records, start, end)[0]
