@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin import rollups
-from kiban.models import UsageRecord
+from kiban.models import UsageRecord, User
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
 MODELS = ("gpt-4o-mini", "gpt-4o", "extractive")
@@ -76,6 +76,26 @@ async def seed(session: AsyncSession, records: list[UsageRecord]) -> None:
     await rollups.add(session, [{c: getattr(r, c) for c in columns} for r in records])
     session.add_all(records)
     await session.commit()
+
+
+async def spend(
+    session: AsyncSession, user: User, tokens: int, at: datetime, status: str = "ok"
+) -> None:
+    """One ledger record of ``tokens`` for ``user`` at ``at``, written as the writer does."""
+    record = UsageRecord(
+        request_id=f"q-{user.id}-{tokens}-{status}-{at.timestamp()}",
+        created_at=at,
+        user_id=user.id,
+        endpoint="ai_test",
+        model="gpt-4o-mini",
+        provider="openai",
+        status=status,
+        prompt_tokens=tokens,
+        completion_tokens=0,
+        total_tokens=tokens,
+        response_time_ms=100.0,
+    )
+    await seed(session, [record])
 
 
 # --- plain-Python references ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.core import clock
 from kiban.models import UsageRecord, User
 from kiban.models.quota import QuotaPeriod
-from tests.admin.conftest import T0, make_records, seed
+from tests.admin.conftest import T0, make_records, seed, spend
 from tests.conftest import auth_headers, create_user
 
 WINDOW = {"from": T0.isoformat(), "to": (T0 + timedelta(days=3)).isoformat()}
@@ -118,26 +118,6 @@ async def test_export_needs_an_admin(
     assert r.status_code == 403
 
 
-async def _spend(
-    session: AsyncSession, user: User, tokens: int, at: datetime, status: str = "ok"
-) -> None:
-    session.add(
-        UsageRecord(
-            request_id=f"q-{user.id}-{tokens}-{status}",
-            created_at=at,
-            user_id=user.id,
-            endpoint="ai_test",
-            model="gpt-4o-mini",
-            provider="openai",
-            status=status,
-            prompt_tokens=tokens,
-            completion_tokens=0,
-            total_tokens=tokens,
-        )
-    )
-    await session.commit()
-
-
 async def test_quota_consumption_per_plan(
     app: FastAPI, client: httpx.AsyncClient, admin: User, session: AsyncSession
 ) -> None:
@@ -149,12 +129,12 @@ async def test_quota_consumption_per_plan(
     granted = await create_user(session)
     pro = await create_user(session, plan="pro")
     free_allowance = app.state.plans.plans["free"].monthly_tokens
-    await _spend(session, near, int(free_allowance * 0.85), now - timedelta(days=1))
-    await _spend(session, near, free_allowance, now - timedelta(days=1), status="rejected")
-    await _spend(session, low, 10, now - timedelta(hours=1))
-    await _spend(session, low, free_allowance, month - timedelta(days=2))  # last month's
-    await _spend(session, full, free_allowance, now - timedelta(days=3))
-    await _spend(session, granted, free_allowance, now - timedelta(days=3))
+    await spend(session, near, int(free_allowance * 0.85), now - timedelta(days=1))
+    await spend(session, near, free_allowance, now - timedelta(days=1), status="rejected")
+    await spend(session, low, 10, now - timedelta(hours=1))
+    await spend(session, low, free_allowance, month - timedelta(days=2))  # last month's
+    await spend(session, full, free_allowance, now - timedelta(days=3))
+    await spend(session, granted, free_allowance, now - timedelta(days=3))
     session.add(
         QuotaPeriod(
             user_id=granted.id,
@@ -163,7 +143,7 @@ async def test_quota_consumption_per_plan(
             extra_tokens=free_allowance,
         )
     )
-    await _spend(session, pro, 1000, now - timedelta(days=3))
+    await spend(session, pro, 1000, now - timedelta(days=3))
     with clock.frozen(now):
         headers = auth_headers(app, admin)
         r = await client.get("/admin/analytics/quotas", headers=headers)

@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,11 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.admin.schemas import PlanQuota, QuotaConsumption
 from kiban.billing.entitlements import Entitlement, resolve_entitlement
 from kiban.billing.plans import PlanCatalog, active_catalog
-from kiban.models import UsageRecord, UsageStatus, User
+from kiban.billing.state import may_have_paid_access
+from kiban.models import UsageRecord, UsageRollupUserDaily, UsageStatus, User
 from kiban.models.quota import QuotaPeriod
 
 U = UsageRecord
+D = UsageRollupUserDaily
 NEAR_LIMIT = 0.8
+CHUNK = 5_000  # ids per IN list
 # A quota period is at most a month (calendar month or a monthly subscription period).
 LOOKBACK = timedelta(days=32)
 
@@ -54,43 +57,65 @@ async def user_quotas(
     now: datetime,
     catalog: PlanCatalog | None = None,
 ) -> list[UserQuota]:
-    """Tokens used (settled, from the ledger) against each user's allowance for this period."""
+    """Tokens used (settled, from the ledger) against each user's allowance for this period.
+
+    A bounded number of queries whatever the number of users: ids go in chunks (PostgreSQL's
+    drivers take at most 32,767 parameters), and only users who may hold a paid subscription
+    cost a query each to resolve (the others' entitlement needs none).
+    """
     if not users:
         return []
     catalog = catalog or active_catalog()
+    subscribed: set[uuid.UUID] = set()
+    for ids in _chunks([u.id for u in users]):
+        subscribed.update(
+            await session.scalars(
+                select(User.id).where(User.id.in_(ids), may_have_paid_access(User.id, now))
+            )
+        )
     entitlements = {
-        u.id: await resolve_entitlement(session, u, now, catalog=catalog) for u in users
+        u.id: await resolve_entitlement(
+            session, u, now, catalog=catalog, may_be_subscribed=u.id in subscribed
+        )
+        for u in users
     }
     by_start: dict[datetime, list[uuid.UUID]] = defaultdict(list)
     for user_id, ent in entitlements.items():
         by_start[ent.period_start].append(user_id)
     used: dict[uuid.UUID, int] = {}
-    for start, ids in by_start.items():
-        rows = await session.execute(
-            select(U.user_id, func.sum(U.total_tokens))
-            .where(
-                U.user_id.in_(ids),
-                U.created_at >= start,
-                U.created_at <= now,
-                U.status != UsageStatus.REJECTED,
+    for start, members in by_start.items():
+        for ids in _chunks(members):
+            rows = await session.execute(
+                select(U.user_id, func.sum(U.total_tokens))
+                .where(
+                    U.user_id.in_(ids),
+                    U.created_at >= start,
+                    U.created_at <= now,
+                    U.status != UsageStatus.REJECTED,
+                )
+                .group_by(U.user_id)
             )
-            .group_by(U.user_id)
+            used.update({r[0]: int(r[1] or 0) for r in rows if r[0] is not None})
+    extra: dict[uuid.UUID, int] = {}
+    for ids in _chunks(list(entitlements)):
+        extras = await session.execute(
+            select(QuotaPeriod.user_id, QuotaPeriod.period_start, QuotaPeriod.extra_tokens).where(
+                QuotaPeriod.user_id.in_(ids)
+            )
         )
-        used.update({r[0]: int(r[1] or 0) for r in rows if r[0] is not None})
-    extras = await session.execute(
-        select(QuotaPeriod.user_id, QuotaPeriod.period_start, QuotaPeriod.extra_tokens).where(
-            QuotaPeriod.user_id.in_(list(entitlements))
+        extra.update(
+            (r.user_id, int(r.extra_tokens))
+            for r in extras
+            if r.period_start == entitlements[r.user_id].period_start
         )
-    )
-    extra = {
-        r.user_id: int(r.extra_tokens)
-        for r in extras
-        if r.period_start == entitlements[r.user_id].period_start
-    }
     return [
         UserQuota(uid, ent, used.get(uid, 0), extra.get(uid, 0))
         for uid, ent in entitlements.items()
     ]
+
+
+def _chunks(ids: Sequence[uuid.UUID]) -> list[Sequence[uuid.UUID]]:
+    return [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)]
 
 
 async def quota_consumption(
@@ -98,14 +123,11 @@ async def quota_consumption(
 ) -> QuotaConsumption:
     """Per plan: users active this period, tokens used, and how many are near or at the limit."""
     catalog = active_catalog()
-    active_ids = (
-        await session.scalars(
-            select(U.user_id)
-            .where(U.created_at >= now - LOOKBACK, U.user_id.is_not(None))
-            .group_by(U.user_id)
-        )
-    ).all()
-    users = (await session.scalars(select(User).where(User.id.in_(active_ids)))).all()
+    # Users with any usage in the lookback, from the per-user daily rollup (a whole day more at
+    # most: the period filter below decides). A subquery, so no id list is sent back.
+    since = (now - LOOKBACK).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    active = select(D.user_id).where(D.day >= since)
+    users = (await session.scalars(select(User).where(User.id.in_(active)))).all()
     quotas = [q for q in await user_quotas(session, users, now, catalog) if q.used_tokens > 0]
     plans: dict[str, list[UserQuota]] = {name: [] for name in catalog.plans}
     for q in quotas:
