@@ -98,10 +98,10 @@ async def test_reserve_settle_arithmetic(
                 continue
             item = live.pop(op[1] % len(live))
             actual = int(item.reservation.tokens * op[2])
-            released = await store.settle(
+            settled = await store.settle(
                 item.reservation, item.handle, used_tokens=actual, used_cost_nanos=0
             )
-            assert released
+            assert settled == "settled"
             used += actual
         else:  # a crash: every request in flight dies unsettled, and their expiry passes
             abandoned += held()
@@ -113,7 +113,10 @@ async def test_reserve_settle_arithmetic(
         assert state.used_tokens + state.reserved_tokens <= LIMIT
 
     for item in live:
-        assert await store.settle(item.reservation, item.handle, used_tokens=0, used_cost_nanos=0)
+        settled = await store.settle(
+            item.reservation, item.handle, used_tokens=0, used_cost_nanos=0
+        )
+        assert settled == "settled"
     # Whatever crashed is released by the sweeper (database) or the next reservation (Redis).
     later = now + TTL + timedelta(seconds=1)
     await store.release_expired(later)

@@ -49,7 +49,8 @@ async def test_settle_replaces_the_reservation_and_frees_the_rest(
     taken = await store.reserve(first)
     assert taken.refused is None
     assert (await store.reserve(reservation_for(300))).refused == "quota"
-    assert await store.settle(first, taken.handle, used_tokens=100, used_cost_nanos=0)
+    settled = await store.settle(first, taken.handle, used_tokens=100, used_cost_nanos=0)
+    assert settled == "settled"
     again = await store.reserve(reservation_for(300))
     assert again.refused is None
     assert again.state.used_tokens == 100
@@ -69,7 +70,8 @@ async def test_crashed_reservation_expires_and_is_released(
         assert later.refused is None
         assert later.state.reserved_tokens == 200
     # The dead process's settle, should it ever arrive, still records what was used.
-    assert not await store.settle(orphan, orphaned.handle, used_tokens=5, used_cost_nanos=0)
+    late = await store.settle(orphan, orphaned.handle, used_tokens=5, used_cost_nanos=0)
+    assert late == "late"
     state = await store.state(orphan.user_id, orphan.period_start)
     assert (state.used_tokens, state.reserved_tokens) == (5, 200)
 
@@ -180,7 +182,8 @@ async def test_redis_restart_reseeds_from_the_durable_copy(
         assert (again.state.used_tokens, again.state.reserved_tokens) == (250, 790)
         assert (await store.reserve(reservation_for(1))).refused == "quota"  # 250+790 = 1040
         # The in-flight request's settle still records its usage (its reservation is gone).
-        assert not await store.settle(in_flight, None, used_tokens=60, used_cost_nanos=0)
+        late = await store.settle(in_flight, None, used_tokens=60, used_cost_nanos=0)
+        assert late == "late"
         assert (await store.state(first.user_id, first.period_start)).used_tokens == 310
     finally:
         await store.close()

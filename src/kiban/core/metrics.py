@@ -61,6 +61,12 @@ QUOTA_REJECTIONS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+QUOTA_SETTLE_RETRIES = Counter(
+    "kiban_quota_settle_retries_total",
+    "Quota settlements that failed once, by how they ended (abandoned must stay 0).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 WEBHOOK_EVENTS = Counter(
     "kiban_webhook_events_total", "Stripe webhook events.", ["type", "outcome"], registry=REGISTRY
 )

@@ -4,11 +4,13 @@ On ``admit``: resolve the user's entitlement (plan + quota period), check the mo
 against the plan, cap the completion, then reserve ``prompt + completion cap`` tokens (and their
 cost upper bound) with ONE atomic store operation that also takes the request from the user's
 per-minute rate window. On ``settle``: the actual usage replaces the reservation (exactly once
-per ticket). Rate-limit and quota headers ride on ``Ticket.headers``.
+per ticket; a failed settle is retried in the background, and the store makes a retry count
+once). Rate-limit and quota headers ride on ``Ticket.headers``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kiban.billing.entitlements import Entitlement, resolve_entitlement, unsubscribed_entitlement
 from kiban.billing.plans import Plan, PlanCatalog
 from kiban.core import clock
-from kiban.core.metrics import QUOTA_REJECTIONS
+from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway.admission import AdmissionRequest, Ticket, Usage
 from kiban.gateway.quota_exceptions import (
     ModelNotInPlan,
@@ -42,6 +44,7 @@ from kiban.gateway.quota_store import (
     QuotaStore,
     Reservation,
     ReserveOutcome,
+    SettleResult,
     nanos_to_usd,
     usd_to_nanos,
     window_of,
@@ -124,12 +127,16 @@ class QuotaAdmission:
         *,
         reservation_ttl: timedelta = timedelta(seconds=900),
         cost_bound: CostBound | None = None,
+        settle_retry: timedelta = timedelta(minutes=15),
     ) -> None:
         self.store = store
         self.catalog = catalog
         self._sessionmaker = sessionmaker
         self._ttl = reservation_ttl
         self.cost_bound = cost_bound
+        self.settle_retry = settle_retry
+        self.settle_backoff = 0.2  # seconds before the first retry; doubles up to 10 s
+        self._retries: set[asyncio.Task[None]] = set()
 
     async def entitlement(
         self, user: User, now: datetime, *, may_be_subscribed: bool | None = None
@@ -321,21 +328,96 @@ class QuotaAdmission:
         )
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
-        """Replace the ticket's reservation by the actual usage (once; later calls do nothing)."""
+        """Replace the ticket's reservation by the actual usage (once; later calls do nothing).
+
+        If the store fails, the settlement is retried in the background (the store settles a
+        reservation id at most once, so a retry after a lost reply counts nothing twice) until
+        ``settle_retry`` has passed; ``aclose`` gives pending retries a last chance.
+        """
         held = ticket.state
         if not isinstance(held, _Held) or held.settled:
             return
         held.settled = True
         used = max(usage.prompt_tokens, 0) + max(usage.completion_tokens, 0)
-        released = await self.store.settle(
-            held.reservation,
-            held.handle,
-            used_tokens=used,
-            used_cost_nanos=usd_to_nanos(usage.cost) if usage.cost and usage.cost > 0 else 0,
+        cost = usd_to_nanos(usage.cost) if usage.cost and usage.cost > 0 else 0
+        try:
+            result = await self._settle_once(held, used, cost)
+        except Exception as exc:
+            log.warning(
+                "quota_settle_failed", reservation=str(held.reservation.id), error=repr(exc)
+            )
+            retry = asyncio.create_task(self._retry_settle(held, used, cost))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+            return
+        self._note(held, result)
+
+    async def _settle_once(self, held: _Held, used: int, cost: int) -> SettleResult:
+        return await self.store.settle(
+            held.reservation, held.handle, used_tokens=used, used_cost_nanos=cost
         )
-        if not released:
+
+    async def _retry_settle(self, held: _Held, used: int, cost: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settle_retry.total_seconds()
+        delay, attempts = self.settle_backoff, 1
+        try:
+            while loop.time() + delay < deadline:
+                await asyncio.sleep(delay)
+                attempts += 1
+                try:
+                    result = await self._settle_once(held, used, cost)
+                except Exception as exc:
+                    log.warning(
+                        "quota_settle_failed",
+                        reservation=str(held.reservation.id),
+                        attempt=attempts,
+                        error=repr(exc),
+                    )
+                    delay = min(delay * 2, 10.0)
+                    continue
+                QUOTA_SETTLE_RETRIES.labels("recovered").inc()
+                log.info(
+                    "quota_settle_recovered",
+                    reservation=str(held.reservation.id),
+                    attempts=attempts,
+                )
+                self._note(held, result)
+                return
+        except asyncio.CancelledError:  # shutting down: aclose gave up waiting
+            self._abandon(held, used, cost, attempts)
+            raise
+        self._abandon(held, used, cost, attempts)
+
+    def _abandon(self, held: _Held, used: int, cost: int, attempts: int) -> None:
+        # The usage stays in the ledger, but the quota counters miss it (the reservation expires
+        # and frees its hold): logged with what an operator needs to add it back.
+        QUOTA_SETTLE_RETRIES.labels("abandoned").inc()
+        log.error(
+            "quota_settle_abandoned",
+            reservation=str(held.reservation.id),
+            user_id=str(held.reservation.user_id),
+            period_start=held.reservation.period_start.isoformat(),
+            used_tokens=used,
+            used_cost_nanos=cost,
+            attempts=attempts,
+        )
+
+    def _note(self, held: _Held, result: SettleResult) -> None:
+        if result == "late":
             log.warning(
                 "quota_reservation_expired_before_settle",
                 reservation=str(held.reservation.id),
                 user_id=str(held.reservation.user_id),
             )
+        elif result == "duplicate":
+            log.info("quota_settle_duplicate", reservation=str(held.reservation.id))
+
+    async def aclose(self, grace: float = 10.0) -> None:
+        """Wait a little for settlements being retried, then abandon them (each is logged)."""
+        if not self._retries:
+            return
+        _, pending = await asyncio.wait(set(self._retries), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

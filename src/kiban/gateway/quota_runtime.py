@@ -84,6 +84,7 @@ async def running_admission(
     try:
         yield admission
     finally:
+        await admission.aclose()  # settlements being retried: a last chance before the store closes
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper

@@ -19,6 +19,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     not_,
@@ -33,11 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.core import clock
 from kiban.gateway.quota_store import QuotaState
 from kiban.models.base import UTCDateTime
-from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation
+from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation, QuotaSettlement
 
 K = cast(Table, ApiKeyLimit.__table__)
 P = cast(Table, QuotaPeriod.__table__)
 R = cast(Table, QuotaReservation.__table__)
+S = cast(Table, QuotaSettlement.__table__)
 STATE_COLUMNS = (
     P.c.used_tokens,
     P.c.reserved_tokens,
@@ -140,6 +142,20 @@ def settle_values(held_tokens: Any, held_cost: Any, release: Any) -> dict[str, A
     }
 
 
+def record_settlement(dialect: str) -> Any:
+    """INSERT the reservation's id into the settlements unless it is there; RETURNING it when new.
+
+    The first statement of every settle: no row back means this reservation was settled before.
+    """
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        dialect_insert(S)
+        .values(id=bindparam("rid", type_=Uuid()), created_at=bindparam("now", type_=UTCDateTime()))
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(S.c.id)
+    )
+
+
 def state_of(row: Any) -> QuotaState:
     return QuotaState(
         used_tokens=row.used_tokens,
@@ -211,9 +227,13 @@ def pg_statements(take: Any) -> tuple[Any, Any]:
         ),
     )
     reserve = select(taken).add_cte(record.cte("recorded"))
+    # Settle: record the reservation's id (nothing more happens if it was settled before), free
+    # its hold if it has not expired, add the usage; one statement, one transaction.
+    recorded = record_settlement("postgresql").cte("recorded")
+    first_time = exists(select(recorded.c.id))
     released = (
         delete(R)
-        .where(R.c.id == bindparam("rid", type_=Uuid()))
+        .where(R.c.id == bindparam("rid", type_=Uuid()), first_time)
         .returning(R.c.tokens, R.c.cost_nanos)
         .cte("released")
     )
@@ -222,9 +242,10 @@ def pg_statements(take: Any) -> tuple[Any, Any]:
     held = select(func.count()).select_from(released).scalar_subquery()
     settle = (
         update(P)
-        .where(P.c.id == big("pid"))
+        .where(P.c.id == big("pid"), first_time)
         .values(**settle_values(held_t, held_c, big("rel") * held))
         .returning(held)
+        .add_cte(recorded)
         .add_cte(released)
     )
     return reserve, settle

@@ -9,13 +9,17 @@ Two implementations keep the same promise (no concurrent burst, second process o
   database keeps a durable copy of what was used.
 
 Amounts are integers: tokens, and cost in nano-USD (1e-9 USD).
+
+A settle is idempotent per reservation id: the first one that commits records the id (in the
+same transaction, or Redis script, as the usage), and a retry of it changes nothing. So a
+settle that failed, or whose reply was lost, can simply be tried again.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -23,8 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 NANOS_PER_USD = 1_000_000_000
 WINDOW_SECONDS = 60
+# How long a settled reservation's id is remembered: far longer than settle retries last.
+SETTLEMENT_RETENTION = timedelta(days=1)
 
 RefusalReason = Literal["quota", "cost", "rate_requests", "rate_tokens"]
+# settled: the usage replaced the reservation; late: the reservation had expired (its hold was
+# already released), the usage was added; duplicate: this reservation was settled before.
+SettleResult = Literal["settled", "late", "duplicate"]
 
 
 def usd_to_nanos(value: Decimal | None) -> int:
@@ -143,8 +152,8 @@ class QuotaStore(Protocol):
         *,
         used_tokens: int,
         used_cost_nanos: int,
-    ) -> bool:
-        """Replace the reservation by actual usage; False when it had already expired."""
+    ) -> SettleResult:
+        """Replace the reservation by actual usage, once per reservation id."""
         ...
 
     async def take_key_window(
@@ -170,7 +179,8 @@ class QuotaStore(Protocol):
         ...
 
     async def release_expired(self, now: datetime) -> int:
-        """Release reservations whose process never settled them; returns how many."""
+        """Release reservations whose process never settled them (returns how many), and forget
+        settlements older than ``SETTLEMENT_RETENTION``."""
         ...
 
     async def close(self) -> None: ...

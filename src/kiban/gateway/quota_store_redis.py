@@ -6,10 +6,13 @@ Keys share the user's hash tag (``{user-id}``), so they live on one shard in a R
   ``reserved_cost`` (tokens and nano-USD);
 - ``…:held``: sorted set of reservations in flight (``<id>:<tokens>:<cost>``) scored by expiry;
   every reserve first releases the expired ones, so a crashed process locks nobody out;
-- ``kiban:rate:{uid}``: hash ``window`` (epoch minute), ``requests``, ``tokens``.
+- ``kiban:rate:{uid}``: hash ``window`` (epoch minute), ``requests``, ``tokens``;
+- ``kiban:settled:{uid}:<reservation id>``: set by the settle script, kept a day, so that a
+  retried settle changes nothing.
 
 Redis is the authority while the period's key exists. The database keeps a durable copy of what
-was used (updated on every settle); when the key is missing (first use, a Redis restart, an
+was used (updated on every settle, once per reservation id, like the SQL store's own settle);
+when the key is missing (first use, a Redis restart, an
 eviction) it is seeded from that copy before the reservation is tried again.
 """
 
@@ -22,7 +25,14 @@ from typing import Any
 from redis.asyncio import Redis
 
 from kiban.core import clock
-from kiban.gateway.quota_store import KeyWindow, QuotaState, Reservation, ReserveOutcome
+from kiban.gateway.quota_store import (
+    SETTLEMENT_RETENTION,
+    KeyWindow,
+    QuotaState,
+    Reservation,
+    ReserveOutcome,
+    SettleResult,
+)
 from kiban.gateway.quota_store_sql import SqlQuotaStore
 
 _GRACE_SECONDS = 3 * 24 * 3600  # keep a period's key a little past its end for late settles
@@ -83,7 +93,8 @@ return {verdict, used, reserved, extra, ucost, rcost, w, wreq, wtok}
 """
 
 _SETTLE = """
-local q, held, rate = KEYS[1], KEYS[2], KEYS[3]
+local q, held, rate, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if not redis.call('SET', settled, 1, 'NX', 'EX', tonumber(ARGV[8])) then return -1 end
 local removed = redis.call('ZREM', held, ARGV[1])
 if redis.call('EXISTS', q) == 1 then
   if removed == 1 then
@@ -207,11 +218,11 @@ class RedisQuotaStore:
         *,
         used_tokens: int,
         used_cost_nanos: int,
-    ) -> bool:
-        """Replace the reservation by actual usage; False when it had already expired."""
+    ) -> SettleResult:
+        """Replace the reservation by actual usage, once per reservation id."""
         r = reservation
         removed = await self._settle(
-            keys=_keys(r.user_id, r.period_start),
+            keys=[*_keys(r.user_id, r.period_start), f"kiban:settled:{{{r.user_id}}}:{r.id.hex}"],
             args=[
                 _member(r),
                 used_tokens,
@@ -220,13 +231,20 @@ class RedisQuotaStore:
                 r.window,
                 r.tokens,
                 r.cost_nanos,
+                int(SETTLEMENT_RETENTION.total_seconds()),
             ],
         )
-        # The durable copy: what a re-seeded key starts from.
+        # The durable copy, what a re-seeded key starts from: also once per reservation id, and
+        # written even when Redis had it already (a retry after this step failed).
         await self._db.add_used(
-            r.user_id, r.period_start, r.period_end, tokens=used_tokens, cost_nanos=used_cost_nanos
+            r.id,
+            r.user_id,
+            r.period_start,
+            r.period_end,
+            tokens=used_tokens,
+            cost_nanos=used_cost_nanos,
         )
-        return bool(removed)
+        return "duplicate" if removed == -1 else "settled" if removed else "late"
 
     async def take_key_window(
         self, api_key_id: uuid.UUID, tokens: int, window: int
@@ -261,7 +279,9 @@ class RedisQuotaStore:
         await self._set_extra(keys=_keys(user_id, period_start)[:1], args=[extra])
 
     async def release_expired(self, now: datetime) -> int:
-        """Expired reservations are released by each reserve script; the database holds none."""
+        """Expired reservations are released by each reserve script; the database keeps only the
+        durable copy's settlements, forgotten after ``SETTLEMENT_RETENTION``."""
+        await self._db.purge_settlements(now)
         return 0
 
     async def close(self) -> None:

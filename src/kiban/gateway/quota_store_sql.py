@@ -10,7 +10,9 @@ The statement (on the user's ``quota_periods`` row)::
 either matches the row (taken) or matches nothing (refused: a follow-up read says why). Row
 locking makes it atomic on PostgreSQL; SQLite runs one writer at a time. Each reservation also
 gets a ``quota_reservations`` row with an expiry, in the same transaction, so that a reservation
-whose process died is released (``release_expired``) and never locks a user out.
+whose process died is released (``release_expired``) and never locks a user out. A settle first
+records the reservation's id in ``quota_settlements`` (same transaction): a retried settle finds
+it there and changes nothing.
 
 PostgreSQL does reserve and settle in ONE statement each (data-modifying CTEs, autocommit): one
 round trip. SQLite, which has no DML in CTEs, runs the same steps inside ``BEGIN IMMEDIATE``.
@@ -46,21 +48,25 @@ from kiban.gateway.quota_sql import (
     STATE_COLUMNS,
     P,
     R,
+    S,
     big,
     create_period,
     key_window_statement,
     pg_statements,
+    record_settlement,
     settle_values,
     state_of,
     take_statement,
 )
 from kiban.gateway.quota_sqlite import KeyRow, RawSqlite, TakenRow
 from kiban.gateway.quota_store import (
+    SETTLEMENT_RETENTION,
     KeyWindow,
     QuotaState,
     RefusalReason,
     Reservation,
     ReserveOutcome,
+    SettleResult,
     refusal,
 )
 from kiban.models.base import UTCDateTime
@@ -97,6 +103,7 @@ class SqlQuotaStore:
             .where(R.c.id == bindparam("rid", type_=Uuid()))
             .returning(R.c.tokens, R.c.cost_nanos)
         )
+        self._record_settlement = record_settlement(engine.dialect.name)
         self._settle_sqlite = (
             update(P)
             .where(P.c.id == big("pid"))
@@ -250,8 +257,8 @@ class SqlQuotaStore:
         *,
         used_tokens: int,
         used_cost_nanos: int,
-    ) -> bool:
-        """Replace the reservation by actual usage; False when it had already expired."""
+    ) -> SettleResult:
+        """Replace the reservation by actual usage, once per reservation id."""
         params: dict[str, Any] = {
             "rid": reservation.id,
             "pid": handle,
@@ -264,19 +271,22 @@ class SqlQuotaStore:
         if self._pg:
             async with self._engine.connect() as conn:
                 held = (await conn.execute(self._settle_pg, params)).scalar()
-            return bool(held)
+            return "duplicate" if held is None else "settled" if held else "late"
+        record = self._raw.prepare("record_settlement", self._record_settlement)
         release = self._raw.prepare("release", self._delete_reservation)
         settle = self._raw.prepare("settle", self._settle_sqlite)
-        release_args = release.bind(params)
+        record_args, release_args = record.bind(params), release.bind(params)
 
-        def work(db: sqlite3.Connection) -> bool:
+        def work(db: sqlite3.Connection) -> SettleResult:
+            if not db.execute(record.sql, record_args).fetchall():
+                return "duplicate"
             held = db.execute(release.sql, release_args).fetchall()
             params["held_t"] = held[0][0] if held else 0
             params["held_c"] = held[0][1] if held else 0
             if not held:
                 params["rel"] = 0
             db.execute(settle.sql, settle.bind(params)).fetchall()
-            return bool(held)
+            return "settled" if held else "late"
 
         # One hop for the whole transaction (RawSqlite.in_one_hop).
         return await self._raw.in_one_hop(work)
@@ -284,8 +294,15 @@ class SqlQuotaStore:
     # --- expiry, reads, grants -----------------------------------------------------------------
 
     async def release_expired(self, now: datetime) -> int:
-        """Release reservations whose process never settled them; returns how many."""
-        return await self._release_expired(now)
+        """Release reservations whose process never settled them (returns how many), and forget
+        settlements older than ``SETTLEMENT_RETENTION``."""
+        released = await self._release_expired(now)
+        await self.purge_settlements(now)
+        return released
+
+    async def purge_settlements(self, now: datetime) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(delete(S).where(S.c.created_at < now - SETTLEMENT_RETENTION))
 
     async def _release_expired(self, now: datetime, *, period_id: int | None = None) -> int:
         condition = R.c.expires_at <= now
@@ -375,27 +392,34 @@ class SqlQuotaStore:
 
     async def add_used(
         self,
+        settlement_id: uuid.UUID,
         user_id: uuid.UUID,
         period_start: datetime,
         period_end: datetime,
         *,
         tokens: int,
         cost_nanos: int,
-    ) -> None:
-        """Record usage without a reservation (the Redis store's durable copy)."""
+    ) -> bool:
+        """Record a settlement's usage without a reservation (the Redis store's durable copy),
+        once per ``settlement_id``; False when it was recorded before."""
+        now = clock.now()
         statement = (
             update(P)
             .where(P.c.user_id == user_id, P.c.period_start == period_start)
             .values(
                 used_tokens=P.c.used_tokens + tokens,
                 used_cost_nanos=P.c.used_cost_nanos + cost_nanos,
-                updated_at=clock.now(),
+                updated_at=now,
             )
         )
-        async with self._engine.connect() as conn:
+        async with self._write() as conn:
+            fresh = await conn.execute(self._record_settlement, {"rid": settlement_id, "now": now})
+            if fresh.first() is None:
+                return False
             if (await conn.execute(statement)).rowcount == 0:
-                await self._create_period(conn, user_id, period_start, period_end, clock.now())
+                await self._create_period(conn, user_id, period_start, period_end, now)
                 await conn.execute(statement)
+        return True
 
     async def close(self) -> None:
         await self._owned.dispose()

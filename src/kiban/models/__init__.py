@@ -9,7 +9,7 @@ from kiban.models.billing import (
     WebhookEvent,
 )
 from kiban.models.knowledge import Document, DocumentChunk, KnowledgeTerm
-from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation
+from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation, QuotaSettlement
 from kiban.models.rollup import UsageHistogramHourly, UsageRollupHourly, UsageRollupUserDaily
 from kiban.models.usage import UsageRecord, UsageStatus
 from kiban.models.user import Role, User
@@ -26,6 +26,7 @@ __all__ = [
     "LoginAttempt",
     "QuotaPeriod",
     "QuotaReservation",
+    "QuotaSettlement",
     "RefreshToken",
     "Role",
     "SubscriptionState",

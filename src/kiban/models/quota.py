@@ -1,4 +1,5 @@
-"""Quota state: one row per user and quota period, and the reservations in flight against it.
+"""Quota state: one row per user and quota period, the reservations in flight against it, and
+the reservations already settled.
 
 Token and cost counters live in ``quota_periods``; the per-user rate-limit window rides on the
 same row so that one conditional UPDATE checks and takes both. Costs are integer nano-USD
@@ -55,6 +56,20 @@ class QuotaReservation(Base):
     cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
+
+
+class QuotaSettlement(Base):
+    """A reservation already settled: what makes settling it again (a retry) a no-op.
+
+    Written in the same transaction as the usage it settles, so a settle whose acknowledgement
+    was lost can be retried safely. Kept a day (``SETTLEMENT_RETENTION``), far longer than any
+    retry, then purged by the expiry sweeper.
+    """
+
+    __tablename__ = "quota_settlements"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)  # the reservation's id
+    created_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class ApiKeyLimit(Base):
