@@ -201,6 +201,24 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield running
 
 
+@pytest.fixture
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """The app served by uvicorn on a free loopback port (disconnect tests need a real socket)."""
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
 def make_client(app: FastAPI, **kwargs: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver", **kwargs

@@ -17,6 +17,8 @@ from kiban.billing.plans import activate as activate_plans
 from kiban.billing.plans import load_plans
 from kiban.billing.state import configure_grace, grace_period
 from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.webhooks import WEBHOOK_MAX_BYTES
+from kiban.core.body_limit import BodyLimitMiddleware
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.errors import install_error_handlers
 from kiban.core.logging import configure_logging
@@ -97,7 +99,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Retry-After", *LIMIT_HEADERS],
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=settings.max_request_bytes,
+        limits={
+            # Every file at its limit, plus the multipart framing and form fields.
+            "/ai/upload": settings.knowledge_max_files * settings.knowledge_max_file_bytes
+            + 1024 * 1024,
+            "/billing/webhook": WEBHOOK_MAX_BYTES,
+        },
+    )
+    app.add_middleware(RequestContextMiddleware)  # outermost: the 413 above gets a request id
 
     from kiban import health
     from kiban.admin import account as admin_account

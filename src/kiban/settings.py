@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     database_pool_size: int = 10
     redis_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Request bodies over this are refused with 413 before they are read (uploads and Stripe's
+    # webhook have their own limits: see kiban.app).
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     log_level: str = "INFO"
     log_json: bool | None = None  # default: JSON in production, pretty elsewhere
     base_url: str = "http://127.0.0.1:8000"

@@ -7,13 +7,12 @@ the ``openai`` provider is driven only through ``bench/fake_upstream.py`` over H
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bench.fake_upstream import DEFAULT_REPLY, FakeUpstream
-from fastapi import FastAPI
 
 import kiban
 from kiban.core.metrics import REGISTRY
@@ -79,21 +78,3 @@ def _no_ledger_drops() -> Iterator[None]:
     yield
     after = REGISTRY.get_sample_value("kiban_ledger_records_dropped_total") or 0.0
     assert after == before, "the ledger dropped records"
-
-
-@pytest.fixture
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    """The app served by uvicorn on a free loopback port (disconnect tests need a real socket)."""
-    import asyncio
-
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task

@@ -19,6 +19,10 @@ import orjson
 from kiban.billing import exceptions as exc
 from kiban.core import clock
 
+# Stripe's event payloads are a few kilobytes (a subscription with its items, an invoice with its
+# lines); the app refuses bigger bodies before reading them (kiban.core.body_limit).
+WEBHOOK_MAX_BYTES = 1024 * 1024
+
 
 def compute_signature(secret: str, timestamp: int, payload: bytes) -> str:
     """The hex HMAC-SHA256 of ``"{timestamp}.{payload}"`` under ``secret``."""
