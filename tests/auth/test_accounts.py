@@ -170,6 +170,27 @@ async def test_unknown_and_expired_refresh_tokens(
     assert_auth_error(expired, "token_expired")
 
 
+async def test_long_expired_refresh_tokens_are_purged_at_the_next_sign_in(
+    client: httpx.AsyncClient, user: User, settings: Settings, session: AsyncSession
+) -> None:
+    # A client that refreshes often leaves a rotated row per refresh.
+    token = (await sign_in(client, user.email))["refresh_token"]
+    for _ in range(3):
+        r = await client.post("/auth/refresh", json={"refresh_token": token})
+        token = r.json()["refresh_token"]
+    ttl = timedelta(seconds=settings.refresh_token_ttl_seconds)
+    with clock.shifted(ttl + timedelta(days=6)):  # expired, but recently: kept (says "expired")
+        await sign_in(client, user.email)
+        expired = await client.post("/auth/refresh", json={"refresh_token": token})
+        assert_auth_error(expired, "token_expired")
+    rows = select(RefreshToken.id).where(RefreshToken.user_id == user.id)
+    assert len((await session.scalars(rows)).all()) == 5
+    with clock.shifted(ttl + timedelta(days=8)):  # long expired: gone at the next sign-in
+        await sign_in(client, user.email)
+    session.expire_all()
+    assert len((await session.scalars(rows)).all()) == 2  # the two sign-ins' live tokens
+
+
 async def test_logout_revokes_the_refresh_token(client: httpx.AsyncClient, user: User) -> None:
     tokens = await sign_in(client, user.email)
     response = await client.post("/auth/logout", json={"refresh_token": tokens["refresh_token"]})

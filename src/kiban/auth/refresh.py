@@ -15,7 +15,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.auth import exceptions as exc
@@ -28,6 +28,10 @@ REUSE_DETECTED = "reuse_detected"
 LOGOUT = "logout"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 (a reason, not a password)
 DEACTIVATED = "deactivated"
+# Expired tokens are deleted when their user is next issued one, once they are this old (until
+# then, presenting one says "expired" rather than "not known"). Rotation adds a row per refresh,
+# so without this the table grows with every client's every refresh, forever.
+EXPIRED_KEPT = timedelta(days=7)
 
 
 class FamilyRevoked(exc.TokenRevoked):
@@ -53,6 +57,11 @@ async def issue(
     session: AsyncSession, settings: Settings, user: User, family_id: uuid.UUID | None = None
 ) -> str:
     """A new refresh token for the user, in a new family unless one is given."""
+    await session.execute(
+        delete(RefreshToken).where(
+            RefreshToken.user_id == user.id, RefreshToken.expires_at < clock.now() - EXPIRED_KEPT
+        )
+    )
     token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         RefreshToken(
