@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.core import clock
@@ -226,6 +227,30 @@ async def test_export_by_cookie_renews_an_expired_session(
         assert (await client.get("/admin")).status_code == 200
 
 
+async def test_two_tabs_renewing_the_same_cookie_at_once_stay_signed_in(
+    client: httpx.AsyncClient, app: FastAPI, admin: User, session: AsyncSession
+) -> None:
+    await sign_in(client, admin.email)
+    cookies = {k: client.cookies[k] for k in ("kiban_session", "kiban_refresh")}
+    ttl = app.state.settings.access_token_ttl_seconds
+    with clock.shifted(timedelta(seconds=ttl + 120)):
+        async with (
+            make_client(app, cookies=cookies) as tab1,
+            make_client(app, cookies=cookies) as tab2,
+        ):
+            pages = await asyncio.gather(tab1.get("/admin"), tab2.get("/admin"))
+            # Both tabs render (no sign-in redirect), each with a renewed pair that works.
+            assert [p.status_code for p in pages] == [200, 200]
+            again = await asyncio.gather(tab1.get("/admin"), tab2.get("/admin"))
+            assert [p.status_code for p in again] == [200, 200]
+    live = await session.scalar(
+        select(func.count())
+        .select_from(RefreshToken)
+        .where(RefreshToken.user_id == admin.id, RefreshToken.revoked_at.is_(None))
+    )
+    assert live == 2  # one per tab, in the same sign-in (nothing was revoked as a replay)
+
+
 async def test_replayed_refresh_cookie_revokes_the_family_even_on_a_401(
     client: httpx.AsyncClient, app: FastAPI, admin: User, session: AsyncSession
 ) -> None:
@@ -234,7 +259,9 @@ async def test_replayed_refresh_cookie_revokes_the_family_even_on_a_401(
     ttl = app.state.settings.access_token_ttl_seconds
     with clock.shifted(timedelta(seconds=ttl + 120)):
         assert (await client.get("/admin")).status_code == 200  # the victim renews first
-        # The thief replays the spent pair on a cookie-or-bearer endpoint: refused with a 401 ...
+    # A minute later (past the tabs' grace), the thief replays the spent pair on a
+    # cookie-or-bearer endpoint: refused with a 401 ...
+    with clock.shifted(timedelta(seconds=ttl + 180)):
         async with make_client(app, cookies=stolen) as thief:
             r = await thief.get("/admin/analytics/summary")
         assert r.status_code == 401

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import quote
 
 from fastapi import Request, Response
@@ -33,6 +34,10 @@ SESSION_COOKIE = "kiban_session"
 REFRESH_COOKIE = "kiban_refresh"
 CSRF_COOKIE = "kiban_csrf"
 CSRF_FIELD = "csrf_token"
+# Tabs of one browser share the cookies: when the access cookie expires, several of them may
+# renew with the same refresh cookie at once. Within this window that is not a replay (the
+# family is not revoked; each gets a successor). API clients get no such window.
+COOKIE_REUSE_GRACE = timedelta(seconds=10)
 
 
 @dataclass
@@ -78,7 +83,9 @@ async def current_viewer(
         if not refresh_token:
             return None
         try:
-            renewed = await service.refresh_tokens(session, keyring, settings, refresh_token)
+            renewed = await service.refresh_tokens(
+                session, keyring, settings, refresh_token, reuse_grace=COOKIE_REUSE_GRACE
+            )
         except refresh.FamilyRevoked:
             # A replayed refresh cookie: the family's revocation must outlive this request even
             # when the caller goes on to fail it (a 401 rolls the request's session back).

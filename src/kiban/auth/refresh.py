@@ -82,8 +82,19 @@ async def find(session: AsyncSession, token: str) -> RefreshToken | None:
     )
 
 
-async def rotate(session: AsyncSession, settings: Settings, token: str) -> tuple[User, str]:
-    """Spend a refresh token: its user and the next token of its family."""
+async def rotate(
+    session: AsyncSession,
+    settings: Settings,
+    token: str,
+    *,
+    reuse_grace: timedelta = timedelta(0),
+) -> tuple[User, str]:
+    """Spend a refresh token: its user and the next token of its family.
+
+    ``reuse_grace`` (the dashboard's cookies; 0 for API clients): a token rotated less than this
+    long ago, in a family that is still live, is given another successor instead of being taken
+    for a stolen copy. Two browser tabs renewing the same cookie at once do exactly that.
+    """
     record = await find(session, token)
     if record is None:
         raise exc.TokenRevoked(
@@ -91,16 +102,14 @@ async def rotate(session: AsyncSession, settings: Settings, token: str) -> tuple
         )
     if record.revoked_at is not None:
         if record.revoked_reason == ROTATED:
+            if await _racing(session, record, reuse_grace):
+                return await _successor(session, settings, record)
             await revoke_family(session, record.family_id, REUSE_DETECTED)
             raise FamilyRevoked()
         raise exc.TokenRevoked(f"This refresh token was revoked ({record.revoked_reason}).")
     if record.expires_at <= clock.now():
         raise exc.TokenExpired("The refresh token has expired.", hint="Sign in again.")
-    user = await session.get(User, record.user_id)
-    if user is None:
-        raise exc.UserNotFound()
-    if not user.is_active:
-        raise exc.UserInactive()
+    user = await _active_user(session, record)
     spent = await session.execute(
         update(RefreshToken)
         .where(RefreshToken.id == record.id, RefreshToken.revoked_at.is_(None))
@@ -109,9 +118,44 @@ async def rotate(session: AsyncSession, settings: Settings, token: str) -> tuple
     )
     if getattr(spent, "rowcount", 0) != 1:
         # Another request spent it between our read and our write: the same token twice.
+        if reuse_grace > timedelta(0) and await _family_live(session, record.family_id):
+            return user, await issue(session, settings, user, record.family_id)
         await revoke_family(session, record.family_id, REUSE_DETECTED)
         raise FamilyRevoked()
     return user, await issue(session, settings, user, record.family_id)
+
+
+async def _racing(session: AsyncSession, record: RefreshToken, grace: timedelta) -> bool:
+    """Whether a rotated token is presented again within the grace, its family still live."""
+    rotated_at = record.revoked_at
+    if grace <= timedelta(0) or rotated_at is None or rotated_at <= clock.now() - grace:
+        return False
+    return await _family_live(session, record.family_id)
+
+
+async def _family_live(session: AsyncSession, family_id: uuid.UUID) -> bool:
+    live = select(RefreshToken.id).where(
+        RefreshToken.family_id == family_id,
+        RefreshToken.revoked_at.is_(None),
+        RefreshToken.expires_at > clock.now(),
+    )
+    return await session.scalar(live.limit(1)) is not None
+
+
+async def _successor(
+    session: AsyncSession, settings: Settings, record: RefreshToken
+) -> tuple[User, str]:
+    user = await _active_user(session, record)
+    return user, await issue(session, settings, user, record.family_id)
+
+
+async def _active_user(session: AsyncSession, record: RefreshToken) -> User:
+    user = await session.get(User, record.user_id)
+    if user is None:
+        raise exc.UserNotFound()
+    if not user.is_active:
+        raise exc.UserInactive()
+    return user
 
 
 async def revoke_family(session: AsyncSession, family_id: uuid.UUID, reason: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -99,10 +100,15 @@ async def issue_tokens(
 
 
 async def refresh_tokens(
-    session: AsyncSession, keyring: KeyRing, settings: Settings, token: str
+    session: AsyncSession,
+    keyring: KeyRing,
+    settings: Settings,
+    token: str,
+    *,
+    reuse_grace: timedelta = timedelta(0),
 ) -> IssuedTokens:
     """Spend a refresh token for a new pair (rotation; see ``kiban.auth.refresh``)."""
-    user, next_refresh = await refresh.rotate(session, settings, token)
+    user, next_refresh = await refresh.rotate(session, settings, token, reuse_grace=reuse_grace)
     return IssuedTokens(
         access_token=issue_access_token(keyring, settings, user.id),
         refresh_token=next_refresh,
