@@ -10,9 +10,10 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from kiban.gateway.schemas import UsageEntry
 
 
 class Interval(StrEnum):
@@ -113,28 +114,10 @@ class QuotaConsumption(BaseModel):
     plans: list[PlanQuota]
 
 
-class LogEntry(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class LogEntry(UsageEntry):
+    """A ledger record with its user's email (texts stay out of the admin views)."""
 
-    id: int
-    request_id: str
-    created_at: datetime
-    user_id: uuid.UUID | None
     email: str | None = None
-    plan: str | None
-    endpoint: str
-    model: str
-    provider: str
-    streamed: bool
-    status: str
-    error_code: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    estimated_cost: Decimal | None
-    response_time_ms: float
-    time_to_first_token_ms: float | None
-    source_ids: list[Any] | None
 
 
 class LogPage(BaseModel):

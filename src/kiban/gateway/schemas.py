@@ -56,7 +56,10 @@ class AskResponse(BaseModel):
     finish_reason: str | None = None
 
 
-class LogEntry(BaseModel):
+class UsageEntry(BaseModel):
+    """One usage-ledger record: the fields every view of the ledger shows (``/ai/logs``, the
+    admin usage log and its dashboard table)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -79,13 +82,18 @@ class LogEntry(BaseModel):
     response_time_ms: float
     time_to_first_token_ms: float | None
     source_ids: list[Any] | None
-    prompt_text: str | None
-    response_text: str | None
 
     @field_serializer("estimated_cost")
     def _exact(self, value: Decimal | None) -> str | None:
         # The column keeps 10 decimal places; show the exact value without padding ("0.00042").
         return None if value is None else format(value.normalize(), "f")
+
+
+class LogEntry(UsageEntry):
+    """A record of one's own, with the texts the content policy kept."""
+
+    prompt_text: str | None
+    response_text: str | None
 
 
 class LogPage(BaseModel):
