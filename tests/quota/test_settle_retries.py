@@ -7,7 +7,9 @@ Faults are real: a proxy at the network boundary refuses connections or drops re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -82,10 +84,11 @@ async def test_settled_ids_are_forgotten_after_a_day(
         await engine.dispose()
 
 
-@pytest.mark.redis
-async def test_a_lost_redis_reply_is_retried_without_counting_twice(
-    redis_url: str, database_url: str, reservation_for: MakeReservation
-) -> None:
+@contextlib.asynccontextmanager
+async def redis_store_behind_proxy(
+    redis_url: str, database_url: str
+) -> AsyncIterator[tuple[FaultyProxy, RedisQuotaStore]]:
+    """A Redis quota store that reaches Redis through a FaultyProxy (both closed on exit)."""
     url = make_url(redis_url)
     async with FaultyProxy(url.host or "127.0.0.1", url.port or 6379) as proxy:
         redis = Redis.from_url(
@@ -93,32 +96,38 @@ async def test_a_lost_redis_reply_is_retried_without_counting_twice(
         )
         store = RedisQuotaStore(redis, SqlQuotaStore.from_url(database_url))
         try:
-            warm = reservation_for(10)  # loads the scripts into Redis
-            await store.settle(
-                warm, (await store.reserve(warm)).handle, used_tokens=10, used_cost_nanos=0
-            )
-            reservation = reservation_for(300)
-            taken = await store.reserve(reservation)
-            # Redis runs the settle script, but its reply is lost: the client sees an error.
-            proxy.mode = "drop_replies"
-            with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the client raises
-                await store.settle(reservation, taken.handle, used_tokens=70, used_cost_nanos=0)
-            proxy.mode = "pass"
-            # The retry finds the settlement done in Redis, and completes the durable copy.
-            retried = await store.settle(
-                reservation, taken.handle, used_tokens=70, used_cost_nanos=0
-            )
-            assert retried == "duplicate"
-            state = await store.state(reservation.user_id, reservation.period_start)
-            assert (state.used_tokens, state.reserved_tokens) == (80, 0)
-            sql = SqlQuotaStore.from_url(database_url)
-            try:
-                durable = await sql.state(reservation.user_id, reservation.period_start)
-            finally:
-                await sql.close()
-            assert durable.used_tokens == 80
+            yield proxy, store
         finally:
             await store.close()
+
+
+@pytest.mark.redis
+async def test_a_lost_redis_reply_is_retried_without_counting_twice(
+    redis_url: str, database_url: str, reservation_for: MakeReservation
+) -> None:
+    async with redis_store_behind_proxy(redis_url, database_url) as (proxy, store):
+        warm = reservation_for(10)  # loads the scripts into Redis
+        await store.settle(
+            warm, (await store.reserve(warm)).handle, used_tokens=10, used_cost_nanos=0
+        )
+        reservation = reservation_for(300)
+        taken = await store.reserve(reservation)
+        # Redis runs the settle script, but its reply is lost: the client sees an error.
+        proxy.mode = "drop_replies"
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the client raises
+            await store.settle(reservation, taken.handle, used_tokens=70, used_cost_nanos=0)
+        proxy.mode = "pass"
+        # The retry finds the settlement done in Redis, and completes the durable copy.
+        retried = await store.settle(reservation, taken.handle, used_tokens=70, used_cost_nanos=0)
+        assert retried == "duplicate"
+        state = await store.state(reservation.user_id, reservation.period_start)
+        assert (state.used_tokens, state.reserved_tokens) == (80, 0)
+    sql = SqlQuotaStore.from_url(database_url)
+    try:
+        durable = await sql.state(reservation.user_id, reservation.period_start)
+    finally:
+        await sql.close()
+    assert durable.used_tokens == 80
 
 
 async def _faulty_admission(
@@ -189,24 +198,16 @@ async def test_admission_retries_a_settle_the_database_did_not_take(
 async def test_a_settle_that_never_lands_is_abandoned_and_logged(
     redis_url: str, database_url: str, catalog: PlanCatalog, quota_user: User
 ) -> None:
-    url = make_url(redis_url)
-    async with FaultyProxy(url.host or "127.0.0.1", url.port or 6379) as proxy:
-        redis = Redis.from_url(
-            f"redis://127.0.0.1:{proxy.port}/{url.database or 0}", decode_responses=True
-        )
-        store = RedisQuotaStore(redis, SqlQuotaStore.from_url(database_url))
+    async with redis_store_behind_proxy(redis_url, database_url) as (proxy, store):
         admission = QuotaAdmission(
             store, catalog, store.read_sessions, settle_retry=timedelta(seconds=0.3)
         )
         admission.settle_backoff = 0.05
         abandoned = retries("abandoned")
-        try:
-            ticket = await admission.admit(ask(quota_user, model="extractive"))
-            proxy.mode = "refuse"
-            proxy.cut()
-            await admission.settle(ticket, Usage(5, 5, None))
-            await asyncio.wait_for(asyncio.gather(*admission._retries), 5)
-            assert retries("abandoned") == abandoned + 1
-        finally:
-            await admission.aclose(grace=1)
-            await store.close()
+        ticket = await admission.admit(ask(quota_user, model="extractive"))
+        proxy.mode = "refuse"
+        proxy.cut()
+        await admission.settle(ticket, Usage(5, 5, None))
+        await asyncio.wait_for(asyncio.gather(*admission._retries), 5)
+        assert retries("abandoned") == abandoned + 1
+        await admission.aclose(grace=1)
