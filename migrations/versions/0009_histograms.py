@@ -1,4 +1,4 @@
-"""admin analytics: hourly latency and TTFT histograms, value indexes on the ledger, backfilled
+"""admin analytics: hourly and daily latency and TTFT histograms, value indexes on the ledger
 
 Revision ID: 0009
 Revises: 0008
@@ -6,7 +6,7 @@ Create Date: 2026-11-27 05:30:00
 """
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -22,15 +22,20 @@ depends_on: str | Sequence[str] | None = None
 CHUNK = 50_000
 
 
-def upgrade() -> None:
-    table = op.create_table(
-        "usage_histograms_hourly",
-        sa.Column("hour", UTCDateTime(timezone=True), nullable=False),
+def _histogram(name: str, time: str) -> sa.Table:
+    return op.create_table(
+        name,
+        sa.Column(time, UTCDateTime(timezone=True), nullable=False),
         sa.Column("metric", sa.String(length=16), nullable=False),
         sa.Column("bin", sa.SmallInteger(), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("hour", "metric", "bin", name=op.f("pk_usage_histograms_hourly")),
+        sa.PrimaryKeyConstraint(time, "metric", "bin", name=op.f(f"pk_{name}")),
     )
+
+
+def upgrade() -> None:
+    hourly = _histogram("usage_histograms_hourly", "hour")
+    daily = _histogram("usage_histograms_daily", "day")
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
         batch_op.create_index(
             "ix_usage_records_latency", ["response_time_ms", "created_at", "status"], unique=False
@@ -51,7 +56,8 @@ def upgrade() -> None:
         sa.column("time_to_first_token_ms", sa.Float()),
     )
     bind = op.get_bind()
-    counts: dict[tuple[object, str, int], int] = {}
+    counts: dict[tuple[datetime, str, int], int] = {}
+    days: dict[tuple[datetime, str, int], int] = {}
     last_id = None
     while True:
         query = sa.select(ledger).order_by(ledger.c.id).limit(CHUNK)
@@ -66,14 +72,17 @@ def upgrade() -> None:
             for metric, index in record_bins(row._mapping):
                 key = (hour, metric, index)
                 counts[key] = counts.get(key, 0) + 1
-    assert table is not None
-    rows_out = [{"hour": h, "metric": m, "bin": b, "count": n} for (h, m, b), n in counts.items()]
-    for start in range(0, len(rows_out), CHUNK):
-        bind.execute(table.insert(), rows_out[start : start + CHUNK])
+                day = (hour.replace(hour=0), metric, index)
+                days[day] = days.get(day, 0) + 1
+    for table, time, binned in ((hourly, "hour", counts), (daily, "day", days)):
+        rows_out = [{time: t, "metric": m, "bin": b, "count": n} for (t, m, b), n in binned.items()]
+        for start in range(0, len(rows_out), CHUNK):
+            bind.execute(table.insert(), rows_out[start : start + CHUNK])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
         batch_op.drop_index("ix_usage_records_ttft")
         batch_op.drop_index("ix_usage_records_latency")
+    op.drop_table("usage_histograms_daily")
     op.drop_table("usage_histograms_hourly")

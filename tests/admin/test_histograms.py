@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.admin import analytics, histograms
 from kiban.admin.histograms import EDGES, Metric, bin_of, bin_range
 from kiban.admin.schemas import Interval
-from kiban.models import UsageHistogramHourly, UsageRecord, User
+from kiban.models import UsageHistogramDaily, UsageHistogramHourly, UsageRecord, User
 from tests.admin.conftest import T0, expected_figures, make_records, nearest_rank, seed
 
 PERCENTS = (1, 50, 95, 99, 100)
@@ -83,6 +83,11 @@ async def test_percentiles_per_bucket_equal_pythons(
     cut = histograms.Buckets(
         sql=lambda hour: analytics._bucket_expr(session, Interval.DAY, hour),
         of=lambda at: analytics._bucket_text(at, Interval.DAY),
+        span=lambda key: (
+            analytics._parse_bucket(key),
+            analytics._parse_bucket(key) + timedelta(days=1),
+        ),
+        daily=True,
     )
     got = await histograms.percentiles(session, start, end, METRICS, cut, scan_by_time_limit=0)
     assert got is not None
@@ -131,10 +136,11 @@ async def test_a_histogram_that_disagrees_with_the_ledger_is_not_trusted(
     # value more than the ledger has.
     start, end = WINDOWS["whole hours"]
     want = expected_figures([r for r in ledger if start <= r.created_at < end])
-    H = UsageHistogramHourly
-    median_bin = (H.metric == "latency", H.bin == bin_of(want["latency_p50_ms"]))
-    hour = await session.scalar(select(func.min(H.hour)).where(*median_bin))
-    await session.execute(update(H).where(H.hour == hour, *median_bin).values(count=H.count + 1))
+    for H, time in ((UsageHistogramHourly, "hour"), (UsageHistogramDaily, "day")):
+        median_bin = (H.metric == "latency", H.bin == bin_of(want["latency_p50_ms"]))
+        first = await session.scalar(select(func.min(getattr(H, time))).where(*median_bin))
+        first_bin = (getattr(H, time) == first, *median_bin)
+        await session.execute(update(H).where(*first_bin).values(count=H.count + 1))
     await session.commit()
     assert await histograms.percentiles(session, start, end, METRICS) is None
     # The summary then finds its percentiles the slow way, still exact.

@@ -25,6 +25,7 @@ from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import alembic_config, upgrade
 from kiban.gateway.ledger import LedgerWriter
 from kiban.models import (
+    UsageHistogramDaily,
     UsageHistogramHourly,
     UsageRecord,
     UsageRollupHourly,
@@ -95,8 +96,14 @@ async def histograms_and_ledger(session: AsyncSession) -> tuple[dict[Any, int], 
             if value is not None:
                 key = (hour, metric, _bin(value))
                 want[key] = want.get(key, 0) + 1
-    H = UsageHistogramHourly
+    H, HD = UsageHistogramHourly, UsageHistogramDaily
     got = {(h.hour, h.metric, h.bin): h.count for h in (await session.execute(select(H))).scalars()}
+    # The daily table holds the same counts summed per day.
+    for d in (await session.execute(select(HD))).scalars():
+        got[(d.day, d.metric, d.bin, "day")] = d.count
+    for (hour, metric, index), n in list(want.items()):
+        day = (hour.replace(hour=0), metric, index, "day")
+        want[day] = want.get(day, 0) + n
     return got, want
 
 

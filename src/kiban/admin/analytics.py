@@ -340,9 +340,12 @@ async def timeseries(
     rows = await _hourly(session, window, keys)
     percentiles = None
     if group_by is None:  # the histograms are per hour only, not per group
+        step = timedelta(hours=1) if interval is Interval.HOUR else timedelta(days=1)
         cut = histograms.Buckets(
             sql=lambda hour: _bucket_expr(session, interval, hour),
             of=lambda at: _bucket_text(at, interval),
+            span=lambda text: (_parse_bucket(text), _parse_bucket(text) + step),
+            daily=interval is Interval.DAY,
         )
         percentiles = await histograms.percentiles(session, window.start, window.end, _METRICS, cut)
     latency: dict[tuple[str, str | None], dict[int, float | None]]

@@ -3,10 +3,11 @@
 A nearest-rank percentile of a window needs, in principle, every value in it; sampling
 (``kiban.admin.percentiles``) still reads the window twice. The histogram rollup keeps instead,
 per UTC hour, how many values fell in each of a fixed set of bins, written with each ledger batch
-like the other rollups. For a window:
+like the other rollups (and per UTC day). For a window:
 
-1. the bins' counts are summed over its whole hours; its partial hours at both ends (the edges)
-   are read from the ledger and binned here;
+1. the bins' counts are summed over its whole days (a daily table) and the other whole hours (an
+   hourly one); its partial hours at both ends (the edges) are read from the ledger and binned
+   here;
 2. each wanted rank falls in one bin, found by walking the cumulative counts, which also says
    how many values lie below that bin;
 3. only that bin's values are fetched from the ledger (an index on the value serves them), and
@@ -26,16 +27,17 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, union_all
+from sqlalchemy import ColumnElement, and_, false, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin import rollups
 from kiban.admin.percentiles import Column, nearest_rank
-from kiban.models import UsageHistogramHourly, UsageRecord, UsageStatus
+from kiban.models import UsageHistogramDaily, UsageHistogramHourly, UsageRecord, UsageStatus
 
 log = structlog.get_logger(__name__)
 
 H = UsageHistogramHourly
+HD = UsageHistogramDaily
 U = UsageRecord
 LATENCY = "latency"
 TTFT = "ttft"
@@ -103,6 +105,8 @@ class Buckets:
 
     sql: Callable[[Any], ColumnElement[Any]]
     of: Callable[[datetime], Any]
+    span: Callable[[Any], tuple[datetime, datetime]]  # a key's time range [start, end)
+    daily: bool = False  # whole UTC days: the daily histogram may answer for them
 
 
 Key = Any  # a bucket's key, or None for the whole window
@@ -126,15 +130,9 @@ async def percentiles(
     names = [m.name for m in metrics]
     counts: Counts = {}
     if split.whole:
-        bucket = buckets.sql(H.hour) if buckets else literal(None)
-        query = (
-            select(bucket.label("k"), H.metric, H.bin, func.sum(H.count).label("n"))
-            .where(H.hour >= split.whole[0], H.hour < split.whole[1], H.metric.in_(names))
-            .group_by(bucket, H.metric, H.bin)
-        )
-        for row in await session.execute(query):
+        for row in await session.execute(_counts(split.whole, names, buckets)):
             slot = counts.setdefault((row.k, names.index(row.metric)), {})
-            slot[row.bin] = int(row.n)
+            slot[row.bin] = slot.get(row.bin, 0) + int(row.n)
     whole_counts = {k: dict(v) for k, v in counts.items()}
     # The edges' values, read whole (at most two partial hours) and binned here.
     edge_values: dict[tuple[Key, int, int], list[float]] = {}
@@ -186,6 +184,31 @@ async def percentiles(
     return result
 
 
+def _counts(whole: tuple[datetime, datetime], names: Sequence[str], buckets: Buckets | None) -> Any:
+    """The bins' counts over whole hours: whole days from the daily table (when the buckets
+    allow), the hours around them from the hourly one."""
+    hours = [whole]
+    parts = []
+    if buckets is None or buckets.daily:
+        days = rollups.split(whole[0], whole[1], rollups.DAY)
+        if days.whole:
+            hours = days.edges  # hour-aligned, since the whole hours are
+            key = buckets.sql(HD.day) if buckets else literal(None)
+            parts.append(
+                select(key.label("k"), HD.metric, HD.bin, func.sum(HD.count).label("n"))
+                .where(HD.day >= days.whole[0], HD.day < days.whole[1], HD.metric.in_(names))
+                .group_by(key, HD.metric, HD.bin)
+            )
+    if hours:
+        key = buckets.sql(H.hour) if buckets else literal(None)
+        parts.append(
+            select(key.label("k"), H.metric, H.bin, func.sum(H.count).label("n"))
+            .where(or_(*(and_(H.hour >= a, H.hour < b) for a, b in hours)), H.metric.in_(names))
+            .group_by(key, H.metric, H.bin)
+        )
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
 async def _fetch(
     session: AsyncSession,
     whole: tuple[datetime, datetime] | None,
@@ -205,26 +228,29 @@ async def _fetch(
         return {}
     in_whole = (U.created_at >= whole[0], U.created_at < whole[1])
     attempted = U.status != UsageStatus.REJECTED
-    by_metric: dict[int, set[int]] = {}
-    for _, i, b in wanted:
-        by_metric.setdefault(i, set()).add(b)
+    by_metric: dict[int, dict[int, set[Key]]] = {}
+    for key, i, b in wanted:
+        by_metric.setdefault(i, {}).setdefault(b, set()).add(key)
     values = sum(sum(c.values()) for (_, i), c in whole_counts.items() if i == 0)
     by_time = values <= scan_by_time_limit
     sqlite = session.get_bind().dialect.name == "sqlite"
     parts = []
     for i, bins in sorted(by_metric.items()):
         column = metrics[i].column
-        ranges = [_in_bin(column, b) for b in sorted(bins)]
         if by_time:
+            ranges = [_in_bin(column, b) for b in sorted(bins)]
             parts.append(
                 select(literal(i).label("m"), U.created_at, column.label("v")).where(
                     *in_whole, attempted, or_(*ranges)
                 )
             )
             continue
-        for where in ranges:
+        for b, keys in sorted(bins.items()):
+            # Only the buckets that want this bin: a bin's values in the other buckets would be
+            # read from the index anyway, but need not travel back here.
+            when = _in_spans(whole, [buckets.span(k) for k in keys]) if buckets else in_whole
             part = select(literal(i).label("m"), U.created_at, column.label("v"))
-            part = part.where(where, *in_whole, attempted)
+            part = part.where(_in_bin(column, b), *when, attempted)
             if sqlite:
                 # SQLite's planner, without statistics, may take the time index and read the
                 # whole window: name the value index (PostgreSQL's planner has statistics).
@@ -238,6 +264,21 @@ async def _fetch(
         if slot in wanted:
             found.setdefault(slot, []).append(float(value))
     return found
+
+
+def _in_spans(
+    whole: tuple[datetime, datetime], spans: Sequence[tuple[datetime, datetime]]
+) -> tuple[ColumnElement[bool], ...]:
+    """``created_at`` within the union of ``spans`` (adjacent ones merged), inside ``whole``."""
+    merged: list[list[datetime]] = []
+    for start, end in sorted(spans):
+        start, end = max(start, whole[0]), min(end, whole[1])
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        elif start < end:
+            merged.append([start, end])
+    ranges = [and_(U.created_at >= a, U.created_at < b) for a, b in merged]
+    return (or_(*ranges),) if ranges else (false(),)
 
 
 def _in_bin(column: Column, index: int) -> ColumnElement[bool]:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.admin import histograms
 from kiban.core import clock
 from kiban.models import (
+    UsageHistogramDaily,
     UsageHistogramHourly,
     UsageRecord,
     UsageRollupHourly,
@@ -39,6 +40,7 @@ STATUSES = tuple(s.value for s in UsageStatus)
 R = UsageRollupHourly
 D = UsageRollupUserDaily
 H = UsageHistogramHourly
+HD = UsageHistogramDaily
 _HOURLY_KEYS = ("hour", "model", "endpoint", "status", "plan")
 _HOURLY_FIGURES = (
     "requests",
@@ -51,6 +53,7 @@ _HOURLY_FIGURES = (
 _DAILY_KEYS = ("day", "user_id")
 _DAILY_FIGURES = ("requests", "total_tokens", "cost_units")
 _HISTOGRAM_KEYS = ("hour", "metric", "bin")
+_DAILY_HISTOGRAM_KEYS = ("day", "metric", "bin")
 
 
 def to_units(cost: Decimal | float | None) -> int:
@@ -69,6 +72,7 @@ async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]
     hourly: dict[tuple[Any, ...], list[int]] = {}
     daily: dict[tuple[Any, ...], list[int]] = {}
     binned: dict[tuple[Any, ...], list[int]] = {}
+    binned_daily: dict[tuple[Any, ...], list[int]] = {}
     for record in records:
         at = record.setdefault("created_at", clock.now()).astimezone(UTC)
         hour = at.replace(minute=0, second=0, microsecond=0)
@@ -84,9 +88,11 @@ async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]
         _accumulate(daily, (hour.replace(hour=0), user), (1, total, units))
         for metric, index in histograms.record_bins(record):
             _accumulate(binned, (hour, metric, index), (1,))
+            _accumulate(binned_daily, (hour.replace(hour=0), metric, index), (1,))
     await _upsert(session, R.__table__, _HOURLY_KEYS, _HOURLY_FIGURES, hourly)  # type: ignore[arg-type]
     await _upsert(session, D.__table__, _DAILY_KEYS, _DAILY_FIGURES, daily)  # type: ignore[arg-type]
     await _upsert(session, H.__table__, _HISTOGRAM_KEYS, ("count",), binned)  # type: ignore[arg-type]
+    await _upsert(session, HD.__table__, _DAILY_HISTOGRAM_KEYS, ("count",), binned_daily)  # type: ignore[arg-type]
 
 
 def _accumulate(
@@ -130,10 +136,10 @@ async def rebuild(session: AsyncSession, chunk: int = 5_000) -> int:
         await session.execute(
             text(
                 "LOCK TABLE usage_rollups_hourly, usage_rollups_user_daily,"
-                " usage_histograms_hourly IN EXCLUSIVE MODE"
+                " usage_histograms_hourly, usage_histograms_daily IN EXCLUSIVE MODE"
             )
         )
-    for table in (R, D, H):
+    for table in (R, D, H, HD):
         await session.execute(delete(table))
     columns = [getattr(UsageRecord, name) for name in _LEDGER_COLUMNS]
     result = await session.stream(select(*columns).execution_options(yield_per=chunk))

@@ -10,7 +10,12 @@ from kiban.models.billing import (
 )
 from kiban.models.knowledge import Document, DocumentChunk, KnowledgeTerm
 from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation, QuotaSettlement
-from kiban.models.rollup import UsageHistogramHourly, UsageRollupHourly, UsageRollupUserDaily
+from kiban.models.rollup import (
+    UsageHistogramDaily,
+    UsageHistogramHourly,
+    UsageRollupHourly,
+    UsageRollupUserDaily,
+)
 from kiban.models.usage import UsageRecord, UsageStatus
 from kiban.models.user import Role, User
 
@@ -30,6 +35,7 @@ __all__ = [
     "RefreshToken",
     "Role",
     "SubscriptionState",
+    "UsageHistogramDaily",
     "UsageHistogramHourly",
     "UsageRecord",
     "UsageRollupHourly",

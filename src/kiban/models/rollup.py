@@ -65,3 +65,14 @@ class UsageHistogramHourly(Base):
     metric: Mapped[str] = mapped_column(String(16), primary_key=True)  # "latency" | "ttft"
     bin: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageHistogramDaily(Base):
+    """The same counts per UTC day: a month's window reads 30 days of bins, not 720 hours."""
+
+    __tablename__ = "usage_histograms_daily"
+
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    metric: Mapped[str] = mapped_column(String(16), primary_key=True)
+    bin: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
