@@ -8,6 +8,9 @@ B's (out-of-corpus); then swap.
 
     .venv/bin/python bench/retrieval_eval.py             # JSQuAD + XQuAD, both swaps, 100k scale
     .venv/bin/python bench/retrieval_eval.py --scale 0   # skip the synthetic 100,000-chunk corpus
+
+Each figure has a baseline measured in the same run on the same corpus: naive keyword matching
+with SQL LIKE (English words, Japanese character bigrams), ranked by how many terms a chunk holds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import itertools
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -60,6 +64,10 @@ class SwapResult:
     out_total: int = 0
     refused: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # The baseline, measured in the same run on the same corpus: naive LIKE keyword matching.
+    like_hits_at_1: int = 0
+    like_hits_at_5: int = 0
+    like_latencies_ms: list[float] = field(default_factory=list)
     chunks: int = 0
     index_seconds: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -202,9 +210,59 @@ async def evaluate_swap(
                             result.hits_at_1 += position == 0
                             result.hits_at_5 += position < 5
                             result.reciprocal_ranks += 1.0 / (position + 1)
+                        started = time.perf_counter()
+                        baseline = await like_rank(session, question, 5)
+                        result.like_latencies_ms.append((time.perf_counter() - started) * 1000)
+                        found = [
+                            i
+                            for i, row in enumerate(baseline)
+                            if str(row.document_id).replace("-", "") == gold_doc.replace("-", "")
+                            and row.start_offset < p_end
+                            and row.end_offset > p_start
+                        ]
+                        result.like_hits_at_1 += bool(found) and found[0] == 0
+                        result.like_hits_at_5 += bool(found)
                     result.records.append(gate.features(profile, ranked) | {"in": in_corpus})
     await drop_database(engine, postgres)
     return result
+
+
+STOPWORDS = frozenset((
+    "the", "and", "for", "are", "was", "were", "what", "which", "who", "whom", "whose", "how",
+    "when", "where", "why", "did", "does", "with", "from", "that", "this", "into", "its", "than",
+    "then", "there", "their",
+))  # fmt: skip
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
+
+
+def naive_terms(question: str) -> list[str]:
+    """What a keyword search without an analyzer would look for: English words (no stopwords,
+    three letters or more), and the character bigrams of Japanese runs (the usual N-gram way)."""
+    terms: list[str] = []
+    for token in re.findall(r"\w+", question.lower()):
+        if CJK.search(token):
+            terms += [token[i : i + 2] for i in range(max(1, len(token) - 1))]
+        elif len(token) >= 3 and token not in STOPWORDS:
+            terms.append(token)
+    return list(dict.fromkeys(terms))
+
+
+async def like_rank(session: AsyncSession, question: str, k: int) -> list[Any]:
+    """The baseline: chunks ranked by how many of the question's terms they contain (LIKE)."""
+    terms = naive_terms(question)
+    if not terms:
+        return []
+    params = {
+        f"t{i}": "%" + t.replace("\\", "\\\\").replace("_", "\\_") + "%"
+        for i, t in enumerate(terms)
+    }
+    matches = [f"(lower(text) LIKE :t{i} ESCAPE '\\')" for i in range(len(terms))]
+    score = " + ".join(f"CASE WHEN {m} THEN 1 ELSE 0 END" for m in matches)
+    query = text(
+        f"SELECT document_id, start_offset, end_offset, {score} AS s FROM document_chunks"
+        f" WHERE {' OR '.join(matches)} ORDER BY s DESC, id LIMIT :k"
+    )
+    return list((await session.execute(query, {**params, "k": k})).all())
 
 
 def split(articles: list[Article]) -> tuple[list[Article], list[Article]]:
@@ -228,6 +286,11 @@ def report(dataset: str, result: SwapResult) -> None:
         f"p95={percentile(result.latencies_ms, 0.95):.2f}ms "
         f"(in={result.in_total}, out={result.out_total}, "
         f"ingest {result.chunks / result.index_seconds:.0f} chunks/s)"
+    )
+    print(
+        f"{'':8} {'':6} baseline, LIKE keywords (same corpus, same run): "
+        f"R@1={result.like_hits_at_1 / n:.3f} R@5={result.like_hits_at_5 / n:.3f} "
+        f"p50={statistics.median(result.like_latencies_ms or [0.0]):.2f}ms"
     )
 
 
@@ -324,10 +387,25 @@ async def run_scale(args: argparse.Namespace, workdir: Path) -> None:
             await service.retrieve(session, user_id=user, query=query, top_k=5)
             if i >= 10:  # warm-up
                 latencies.append((time.perf_counter() - started) * 1000)
+    # The baseline on the same corpus, in the same run: LIKE keyword matching reads every chunk.
+    like_latencies = []
+    async with sessionmaker() as session:
+        for _ in range(args.like_queries):
+            words = rng.sample(rng.choice(samples), k=rng.randint(2, 5))
+            started = time.perf_counter()
+            await like_rank(session, "の".join(words) + "は何ですか?", 5)
+            like_latencies.append((time.perf_counter() - started) * 1000)
+    p50 = statistics.median(latencies)
     print(
-        f"scale    query   {chunks} chunks: p50={statistics.median(latencies):.2f}ms "
+        f"scale    query   {chunks} chunks: p50={p50:.2f}ms "
         f"p95={percentile(latencies, 0.95):.2f}ms over {len(latencies)} queries (retrieve())"
     )
+    if like_latencies:
+        like_p50 = statistics.median(like_latencies)
+        print(
+            f"scale    baseline LIKE keywords: p50={like_p50:.1f}ms over {len(like_latencies)}"
+            f" queries ({like_p50 / p50:.0f}x retrieve())"
+        )
     if args.scale_db:
         await engine.dispose()
     else:
@@ -341,6 +419,9 @@ async def main() -> None:
     parser.add_argument("--postgres", help="a PostgreSQL URL (asyncpg) instead of SQLite")
     parser.add_argument("--scale", type=int, default=100_000, help="synthetic chunks (0: skip)")
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--like-queries", type=int, default=30, help="baseline LIKE queries at scale (0: skip)"
+    )
     parser.add_argument("--scale-db", help="SQLite file to keep the synthetic corpus in (reused)")
     parser.add_argument(
         "--per-paragraph",
