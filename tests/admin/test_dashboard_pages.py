@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.app import create_app
 from kiban.core import clock
 from kiban.models import ApiKey, RefreshToken, User
+from kiban.settings import Settings
 from tests.admin.conftest import make_records, seed
-from tests.conftest import DEFAULT_PASSWORD, make_client
+from tests.conftest import DEFAULT_PASSWORD, RunningApp, make_client
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -265,3 +269,26 @@ async def test_replayed_refresh_cookie_revokes_the_family_even_on_a_401(
         assert r.status_code == 401
     # ... and the whole sign-in is revoked, though that request failed.
     assert await live_refresh_tokens(session, admin) == 0
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+async def test_cookies_are_secure_in_production_even_over_plain_http(
+    make_settings: Callable[..., Settings], admin: User, env: str
+) -> None:
+    # Behind a TLS proxy whose X-Forwarded-Proto is not trusted, requests look like http: in
+    # production the cookies must still never travel in clear. (A browser would not send a
+    # Secure cookie back over http; the CSRF cookie is sent by hand here.)
+    async with RunningApp(create_app(make_settings(env=env))) as app, make_client(app) as client:
+        page = await client.get("/login")
+        token = CSRF.search(page.text)
+        assert token
+        signed_in = await client.post(
+            "/login",
+            data={"email": admin.email, "password": DEFAULT_PASSWORD, "csrf_token": token[1]},
+            headers={"Cookie": f"kiban_csrf={client.cookies['kiban_csrf']}"},
+        )
+    assert signed_in.status_code == 303, signed_in.text
+    cookies = [*page.headers.get_list("set-cookie"), *signed_in.headers.get_list("set-cookie")]
+    names = {c.split("=", 1)[0] for c in cookies}
+    assert names == {"kiban_csrf", "kiban_session", "kiban_refresh"}
+    assert all(("; secure" in c.lower()) == (env == "production") for c in cookies), cookies

@@ -49,7 +49,11 @@ class Viewer:
 
 
 def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    # Production is served over HTTPS, whatever the request's scheme says: behind a proxy that
+    # kiban does not trust with X-Forwarded-Proto it would read "http" and leave cookies
+    # sendable in clear. Elsewhere (a laptop on http://127.0.0.1), follow the scheme.
+    settings: Settings = request.app.state.settings
+    return settings.env == "production" or request.url.scheme == "https"
 
 
 def set_session_cookies(
