@@ -82,7 +82,6 @@ async def test_percentiles_per_bucket_equal_pythons(
     start, end = WINDOWS["ragged ends"]
     cut = histograms.Buckets(
         sql=lambda hour: analytics._bucket_expr(session, Interval.DAY, hour),
-        of=lambda at: analytics._bucket_text(at, Interval.DAY),
         span=lambda key: (
             analytics._parse_bucket(key),
             analytics._parse_bucket(key) + timedelta(days=1),

@@ -292,11 +292,6 @@ def _bucket_expr(
     return func.to_char(func.timezone("UTC", column), fmt)
 
 
-def _bucket_text(at: datetime, interval: Interval) -> str:
-    """The text ``_bucket_expr`` gives in SQL, for a time read here."""
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H" if interval is Interval.HOUR else "%Y-%m-%d")
-
-
 def _parse_bucket(text: str) -> datetime:
     fmt = "%Y-%m-%d %H" if len(text) > 10 else "%Y-%m-%d"
     return datetime.strptime(text, fmt).replace(tzinfo=UTC)
@@ -343,7 +338,6 @@ async def timeseries(
         step = timedelta(hours=1) if interval is Interval.HOUR else timedelta(days=1)
         cut = histograms.Buckets(
             sql=lambda hour: _bucket_expr(session, interval, hour),
-            of=lambda at: _bucket_text(at, interval),
             span=lambda text: (_parse_bucket(text), _parse_bucket(text) + step),
             daily=interval is Interval.DAY,
         )

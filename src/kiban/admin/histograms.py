@@ -98,13 +98,11 @@ _INDEXES = {LATENCY: "ix_usage_records_latency", TTFT: "ix_usage_records_ttft"}
 
 @dataclass(frozen=True)
 class Buckets:
-    """A window cut in time buckets: a rollup hour's bucket in SQL, a ledger time's in Python.
-
-    Both must give the same key for the same hour (the analytics use 'YYYY-MM-DD HH' text).
-    """
+    """A window cut in time buckets: ``sql`` gives a time column's bucket key in SQL, for the
+    histograms' hour or day and for the ledger's ``created_at`` alike (the analytics use
+    'YYYY-MM-DD HH' or 'YYYY-MM-DD' text)."""
 
     sql: Callable[[Any], ColumnElement[Any]]
-    of: Callable[[datetime], Any]
     span: Callable[[Any], tuple[datetime, datetime]]  # a key's time range [start, end)
     daily: bool = False  # whole UTC days: the daily histogram may answer for them
 
@@ -138,12 +136,12 @@ async def percentiles(
     edge_values: dict[tuple[Key, int, int], list[float]] = {}
     if split.edges:
         columns = [m.column for m in metrics]
-        query = select(U.created_at, *columns).where(
+        query = select(_key(buckets), *columns).where(
             or_(*(and_(U.created_at >= a, U.created_at < b) for a, b in split.edges)),
             U.status != UsageStatus.REJECTED,
         )
         for row in await session.execute(query):
-            key = buckets.of(row[0]) if buckets else None
+            key = row[0]
             values: Sequence[float | None] = row[1:]
             for i, value in enumerate(values):
                 if value is not None:
@@ -240,7 +238,7 @@ async def _fetch(
         if by_time:
             ranges = [_in_bin(column, b) for b in sorted(bins)]
             parts.append(
-                select(literal(i).label("m"), U.created_at, column.label("v")).where(
+                select(literal(i).label("m"), _key(buckets), column.label("v")).where(
                     *in_whole, attempted, or_(*ranges)
                 )
             )
@@ -249,7 +247,7 @@ async def _fetch(
             # Only the buckets that want this bin: a bin's values in the other buckets would be
             # read from the index anyway, but need not travel back here.
             when = _in_spans(whole, [buckets.span(k) for k in keys]) if buckets else in_whole
-            part = select(literal(i).label("m"), U.created_at, column.label("v"))
+            part = select(literal(i).label("m"), _key(buckets), column.label("v"))
             part = part.where(_in_bin(column, b), *when, attempted)
             if sqlite:
                 # SQLite's planner, without statistics, may take the time index and read the
@@ -258,12 +256,16 @@ async def _fetch(
             parts.append(part)
     statement = parts[0] if len(parts) == 1 else union_all(*parts)
     found: dict[tuple[Key, int, int], list[float]] = {}
-    for m, created_at, value in await session.execute(statement):
-        key = buckets.of(created_at) if buckets else None
+    for m, key, value in await session.execute(statement):
         slot = (key, m, bin_of(value))
         if slot in wanted:
             found.setdefault(slot, []).append(float(value))
     return found
+
+
+def _key(buckets: Buckets | None) -> ColumnElement[Any]:
+    """A ledger row's bucket key, computed by the database (no datetime per row here)."""
+    return (buckets.sql(U.created_at) if buckets else literal(None)).label("k")
 
 
 def _in_spans(
