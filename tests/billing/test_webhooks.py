@@ -10,8 +10,13 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.billing import repository as repo
 from kiban.billing import simulate
+from kiban.billing.reconcile import repair
+from kiban.billing.service import grace
+from kiban.billing.snapshot import subscription_snapshot
 from kiban.core import clock
+from kiban.core.db import session_scope
 from kiban.models import User
 from kiban.models.billing import BillingSubscription, WebhookEvent
 from tests.billing.conftest import (
@@ -389,3 +394,44 @@ async def test_paused_subscription_loses_access(
     body = (await client.get("/billing/subscription", headers=auth_headers(app, user))).json()
     assert body["plan"] == "free"
     assert body["status"] == "expired"
+
+
+async def test_reconcile_leaves_a_subscription_that_a_newer_webhook_just_changed(
+    client: httpx.AsyncClient, app: FastAPI, user: User
+) -> None:
+    # Reconcile read the subscription (active, renewing) at `read_at`; before it repaired the
+    # row, a webhook created later said "cancel at period end". The older read must not win.
+    read_at = int(clock.timestamp())
+    period_end = clock.now() + timedelta(days=20)
+    newer = subscription_event(
+        "customer.subscription.updated",
+        subscription_id="sub_race",
+        customer_id="cus_race",
+        status="active",
+        created=read_at + 5,
+        period_end=period_end,
+        user_id=str(user.id),
+        cancel_at_period_end=True,
+    )
+    assert (await post_event(client, newer)).status_code == 200
+    stale_read = simulate.subscription_object(
+        subscription_id="sub_race",
+        customer_id="cus_race",
+        price_id=PRO_PRICE,
+        status="active",
+        period_start=period_end - timedelta(days=30),
+        period_end=period_end,
+        cancel_at_period_end=False,
+        user_id=str(user.id),
+    )
+    snap = subscription_snapshot(stale_read)
+    assert snap is not None
+    async with session_scope(app.state.sessionmaker) as session:
+        assert await repair(session, snap, read_at, grace(app.state.settings)) is None
+    async with session_scope(app.state.sessionmaker) as session:
+        row = await repo.lock_subscription(session, "sub_race")
+        assert row.cancel_at_period_end is True
+        # A read made after that event does repair the row.
+        change = await repair(session, snap, read_at + 6, grace(app.state.settings))
+    assert change is not None
+    assert change.fields["cancel_at_period_end"] == (True, False)

@@ -3,8 +3,10 @@
 Webhooks can be missed (an endpoint down for longer than Stripe retries, an event type not
 enabled, a same-second tie applied in the wrong order). Reconcile re-reads every subscription we
 know of, and every subscription of every customer we created, and makes our rows say what Stripe
-says now. What Stripe says now is newer than any event in flight, so the ordering guard moves to
-the time of the read: an older event arriving afterwards is stale.
+says as of the read. That is newer than any event created before the read, so the ordering guard
+moves to the time of the read: an older event arriving afterwards is stale. An event applied
+between the read and the repair (a webhook racing the reconcile) is newer than the read: the row
+keeps it, and the reconcile leaves that subscription alone.
 """
 
 from __future__ import annotations
@@ -52,15 +54,20 @@ def _values(row: BillingSubscription) -> dict[str, object]:
     return {name: getattr(row, name) for name in _COMPARED}
 
 
-async def _repair(
-    session: AsyncSession, snap: SubscriptionSnapshot, grace: timedelta
+async def repair(
+    session: AsyncSession, snap: SubscriptionSnapshot, read_at: int, grace: timedelta
 ) -> Change | None:
+    """Make the subscription's row say what ``snap`` (read from Stripe at ``read_at``) says."""
     row = await repo.lock_subscription(session, snap.id)
+    if row.last_event_created is not None and row.last_event_created > read_at:
+        # An event created after the read is applied: the row is newer than the snapshot. (In
+        # the read's own second the order is unknown; the read wins, as a repair should.)
+        return None
     before = _values(row)
     if row.user_id is None and snap.customer_id:
         row.user_id = await repo.user_id_of_customer(session, snap.customer_id)
     row.stripe_customer_id = row.stripe_customer_id or snap.customer_id
-    apply_snapshot(row, snap, created=int(clock.timestamp()), event_id="reconcile", grace=grace)
+    apply_snapshot(row, snap, created=read_at, event_id="reconcile", grace=grace)
     after = _values(row)
     fields = {k: (before[k], after[k]) for k in _COMPARED if before[k] != after[k]}
     if not fields:
@@ -75,26 +82,28 @@ async def reconcile(
     async with session_scope(sessionmaker) as session:
         known = [row.stripe_subscription_id for row in await repo.subscriptions(session)]
         customers = [c.stripe_customer_id for c in await repo.customers(session)]
-    fetched: dict[str, SubscriptionSnapshot] = {}
+    fetched: dict[str, tuple[SubscriptionSnapshot, int]] = {}  # with the time of its read
     missing: list[str] = []
     for customer_id in customers:
+        read_at = int(clock.timestamp())
         for obj in await gateway.list_subscriptions(customer_id):
             snap = subscription_snapshot(obj)
             if snap is not None:
-                fetched[snap.id] = snap
+                fetched[snap.id] = (snap, read_at)
     for sub_id in known:
         if sub_id in fetched:
             continue
+        read_at = int(clock.timestamp())
         current = await gateway.retrieve_subscription(sub_id)
         snap = subscription_snapshot(current) if current is not None else None
         if snap is None:
             missing.append(sub_id)  # another account or mode (test/live)? reported, not touched
         else:
-            fetched[snap.id] = snap
+            fetched[snap.id] = (snap, read_at)
     changes: list[Change] = []
-    for snap in fetched.values():
+    for snap, read_at in fetched.values():
         async with session_scope(sessionmaker) as session:
-            change = await _repair(session, snap, grace)
+            change = await repair(session, snap, read_at, grace)
         if change is not None:
             changes.append(change)
     return changes, missing
