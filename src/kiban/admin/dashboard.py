@@ -74,6 +74,7 @@ async def login(
             email=email,
             password=password,
             address=request.client.host if request.client else "unknown",
+            web=True,
         )
     except AppError as e:
         context = {"next": target, "error": e.message, "email": email}

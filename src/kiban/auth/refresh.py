@@ -49,20 +49,33 @@ def hash_refresh_token(token: str) -> str:
 
 
 # A recognizable prefix; it also keeps a token from starting with "-", which a command line (e.g.
-# `kiban token explain TOKEN`) would read as an option.
+# `kiban token explain TOKEN`) would read as an option. Tokens of a dashboard (cookie) sign-in
+# say so: only they get the browser tabs' reuse interval. The prefix is part of what is hashed,
+# so an API client's token cannot be passed off as a browser's.
 REFRESH_TOKEN_PREFIX = "kbr_"  # noqa: S105 (a prefix, not a secret)
+WEB_REFRESH_TOKEN_PREFIX = "kbw_"  # noqa: S105
+# Reasons that end a whole sign-in: a token of a family holding one is refused even if it was
+# issued after the revocation (a successor racing it), so a revoked family stays revoked.
+FAMILY_ENDED = (REUSE_DETECTED, LOGOUT, PASSWORD_CHANGED, DEACTIVATED)
 
 
 async def issue(
-    session: AsyncSession, settings: Settings, user: User, family_id: uuid.UUID | None = None
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    family_id: uuid.UUID | None = None,
+    *,
+    web: bool = False,
 ) -> str:
-    """A new refresh token for the user, in a new family unless one is given."""
+    """A new refresh token for the user, in a new family unless one is given (``web``: for a
+    dashboard sign-in's cookie)."""
     await session.execute(
         delete(RefreshToken).where(
             RefreshToken.user_id == user.id, RefreshToken.expires_at < clock.now() - EXPIRED_KEPT
         )
     )
-    token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    prefix = WEB_REFRESH_TOKEN_PREFIX if web else REFRESH_TOKEN_PREFIX
+    token = prefix + secrets.token_urlsafe(32)
     session.add(
         RefreshToken(
             user_id=user.id,
@@ -91,10 +104,14 @@ async def rotate(
 ) -> tuple[User, str]:
     """Spend a refresh token: its user and the next token of its family.
 
-    ``reuse_grace`` (the dashboard's cookies; 0 for API clients): a token rotated less than this
-    long ago, in a family that is still live, is given another successor instead of being taken
-    for a stolen copy. Two browser tabs renewing the same cookie at once do exactly that.
+    ``reuse_grace`` (the dashboard's cookies): a token of a dashboard sign-in rotated less than
+    this long ago, in a family that is still live, is given another successor instead of being
+    taken for a stolen copy. Two browser tabs renewing the same cookie at once do exactly that.
+    API clients' tokens never get it.
     """
+    web = token.startswith(WEB_REFRESH_TOKEN_PREFIX)
+    if not web:
+        reuse_grace = timedelta(0)
     record = await find(session, token)
     if record is None:
         raise exc.TokenRevoked(
@@ -109,6 +126,11 @@ async def rotate(
         raise exc.TokenRevoked(f"This refresh token was revoked ({record.revoked_reason}).")
     if record.expires_at <= clock.now():
         raise exc.TokenExpired("The refresh token has expired.", hint="Sign in again.")
+    ended = await _family_ended(session, record.family_id)
+    if ended is not None:
+        # Issued while its family was being revoked (a successor racing a logout or a replay).
+        await revoke_family(session, record.family_id, ended)
+        raise FamilyRevoked(f"This refresh token was revoked ({ended}).", hint="Sign in again.")
     user = await _active_user(session, record)
     spent = await session.execute(
         update(RefreshToken)
@@ -119,10 +141,10 @@ async def rotate(
     if getattr(spent, "rowcount", 0) != 1:
         # Another request spent it between our read and our write: the same token twice.
         if reuse_grace > timedelta(0) and await _family_live(session, record.family_id):
-            return user, await issue(session, settings, user, record.family_id)
+            return user, await issue(session, settings, user, record.family_id, web=web)
         await revoke_family(session, record.family_id, REUSE_DETECTED)
         raise FamilyRevoked()
-    return user, await issue(session, settings, user, record.family_id)
+    return user, await issue(session, settings, user, record.family_id, web=web)
 
 
 async def _racing(session: AsyncSession, record: RefreshToken, grace: timedelta) -> bool:
@@ -146,7 +168,15 @@ async def _successor(
     session: AsyncSession, settings: Settings, record: RefreshToken
 ) -> tuple[User, str]:
     user = await _active_user(session, record)
-    return user, await issue(session, settings, user, record.family_id)
+    return user, await issue(session, settings, user, record.family_id, web=True)
+
+
+async def _family_ended(session: AsyncSession, family_id: uuid.UUID) -> str | None:
+    """Why the family was revoked as a whole (logout, replay, ...), or None."""
+    ended = select(RefreshToken.revoked_reason).where(
+        RefreshToken.family_id == family_id, RefreshToken.revoked_reason.in_(FAMILY_ENDED)
+    )
+    return await session.scalar(ended.limit(1))
 
 
 async def _active_user(session: AsyncSession, record: RefreshToken) -> User:

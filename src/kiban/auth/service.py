@@ -61,8 +61,12 @@ async def sign_in(
     email: str,
     password: str,
     address: str,
+    web: bool = False,
 ) -> IssuedTokens:
-    """Tokens for a correct email and password; the same error for every wrong combination."""
+    """Tokens for a correct email and password; the same error for every wrong combination.
+
+    ``web``: the dashboard's cookie sign-in (its refresh tokens get the tabs' reuse interval).
+    """
     email = normalize_email(email)[:320]
     attempt = await throttle.begin_attempt(sessionmaker, settings, email, address)
     # Read the hash in a short session of its own: the request's session takes a connection only
@@ -84,14 +88,14 @@ async def sign_in(
     if not user.is_active:
         raise exc.UserInactive()
     user.last_login_at = clock.now()
-    return await issue_tokens(session, keyring, settings, user)
+    return await issue_tokens(session, keyring, settings, user, web=web)
 
 
 async def issue_tokens(
-    session: AsyncSession, keyring: KeyRing, settings: Settings, user: User
+    session: AsyncSession, keyring: KeyRing, settings: Settings, user: User, *, web: bool = False
 ) -> IssuedTokens:
     """A fresh access token and the first refresh token of a new family."""
-    refresh_token = await refresh.issue(session, settings, user)
+    refresh_token = await refresh.issue(session, settings, user, web=web)
     return IssuedTokens(
         access_token=issue_access_token(keyring, settings, user.id),
         refresh_token=refresh_token,
