@@ -13,9 +13,11 @@ like the other rollups (and per UTC day). For a window:
 3. only that bin's values are fetched from the ledger (an index on the value serves them), and
    the answer is picked from them: exact, with no sampling and no pass over the window.
 
-A fetched bin must hold exactly as many values as its count says. If it does not (ledger rows
-written around the writer, before ``kiban admin rebuild-rollups``), ``percentiles`` returns
-``None`` and the caller computes the slow way.
+A fetched bin must hold exactly as many values as its count says. If it does not twice in a row
+(ledger rows written around the writer, before ``kiban admin rebuild-rollups``), ``percentiles``
+returns ``None`` and the caller computes the slow way. Like every rollup, the histograms trust
+the writer: a row written around it in a bin that is not fetched goes unnoticed (and so does
+its effect on the rollups' counts) until ``rebuild-rollups``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ TTFT = "ttft"
 # Windows with at most this many values are fetched by time (one short range of the window)
 # rather than by value (each bin's index range, which spans the whole ledger's history).
 SCAN_BY_TIME_LIMIT = 50_000
+# More values than this in the wanted bins (heavy ties: most values in one 5% bin): the caller's
+# other ways (sampling with an ORDER BY/OFFSET fallback) are cheaper than fetching them all.
+FETCH_LIMIT = 200_000
+# SQLite refuses a compound SELECT of more than 500 parts, and an expression deeper than 1000:
+# the fetch goes in statements of at most this many parts, and a bin wanted by more time ranges
+# than this is fetched over the whole window.
+PARTS_PER_STATEMENT = 200
+MAX_SPANS = 64
 
 
 def _edges() -> tuple[float, ...]:
@@ -122,8 +132,46 @@ async def percentiles(
 ) -> dict[Key, list[dict[int, float | None]]] | None:
     """Nearest-rank percentiles over ``[start, end)`` (rejected records left out), per bucket.
 
-    ``None`` when the histograms disagree with the ledger (see the module's docstring).
+    ``None`` when the caller must compute them another way: a fetched bin disagrees with the
+    ledger, or the wanted bins hold too many values to fetch (heavy ties).
     """
+    for attempt in (1, 2):
+        try:
+            return await _attempt(session, start, end, metrics, buckets, scan_by_time_limit)
+        except _Disagreement as disagreement:
+            # A record the writer committed between the counts and the fetch (a long stream's
+            # record lands in an hour already counted) explains a first disagreement; a second
+            # one in a row means the rollups are stale.
+            if attempt == 2:
+                log.warning(
+                    "histogram_disagrees_with_ledger",
+                    **disagreement.fields,
+                    hint="run `kiban admin rebuild-rollups`",
+                )
+        except _TooManyValues as too_many:
+            log.info("histogram_bins_too_full", values=too_many.values, limit=FETCH_LIMIT)
+            return None
+    return None
+
+
+class _Disagreement(Exception):
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+
+class _TooManyValues(Exception):
+    def __init__(self, values: int) -> None:
+        self.values = values
+
+
+async def _attempt(
+    session: AsyncSession,
+    start: datetime,
+    end: datetime,
+    metrics: Sequence[Metric],
+    buckets: Buckets | None,
+    scan_by_time_limit: int,
+) -> dict[Key, list[dict[int, float | None]]]:
     split = rollups.split(start, end, rollups.HOUR)
     names = [m.name for m in metrics]
     counts: Counts = {}
@@ -160,6 +208,12 @@ async def percentiles(
                 targets[(key, i, ranks[r][1])] = (b, ranks[r][0] - below)
                 r += 1
             below += bins[b]
+    wanted_values = sum(
+        whole_counts.get((key, i), {}).get(b, 0)
+        for key, i, b in {(key, i, b) for (key, i, _), (b, _) in targets.items()}
+    )
+    if wanted_values > FETCH_LIMIT:
+        raise _TooManyValues(wanted_values)
     fetched = await _fetch(
         session, split.whole, metrics, targets, whole_counts, buckets, scan_by_time_limit
     )
@@ -169,15 +223,9 @@ async def percentiles(
     for (key, i, p), (b, offset) in targets.items():
         values = sorted(fetched.get((key, i, b), []) + edge_values.get((key, i, b), []))
         if len(values) != counts[(key, i)][b]:
-            log.warning(
-                "histogram_disagrees_with_ledger",
-                metric=metrics[i].name,
-                bin=b,
-                counted=counts[(key, i)][b],
-                found=len(values),
-                hint="run `kiban admin rebuild-rollups`",
+            raise _Disagreement(
+                metric=metrics[i].name, bin=b, counted=counts[(key, i)][b], found=len(values)
             )
-            return None
         result[key][i][p] = values[offset - 1]
     return result
 
@@ -246,7 +294,11 @@ async def _fetch(
         for b, keys in sorted(bins.items()):
             # Only the buckets that want this bin: a bin's values in the other buckets would be
             # read from the index anyway, but need not travel back here.
-            when = _in_spans(whole, [buckets.span(k) for k in keys]) if buckets else in_whole
+            when = (
+                _in_spans(whole, [buckets.span(k) for k in keys])
+                if buckets and len(keys) <= MAX_SPANS
+                else in_whole
+            )
             part = select(literal(i).label("m"), _key(buckets), column.label("v"))
             part = part.where(_in_bin(column, b), *when, attempted)
             if sqlite:
@@ -254,12 +306,14 @@ async def _fetch(
                 # whole window: name the value index (PostgreSQL's planner has statistics).
                 part = part.with_hint(U, f"INDEXED BY {_INDEXES[metrics[i].name]}", "sqlite")
             parts.append(part)
-    statement = parts[0] if len(parts) == 1 else union_all(*parts)
     found: dict[tuple[Key, int, int], list[float]] = {}
-    for m, key, value in await session.execute(statement):
-        slot = (key, m, bin_of(value))
-        if slot in wanted:
-            found.setdefault(slot, []).append(float(value))
+    for first in range(0, len(parts), PARTS_PER_STATEMENT):
+        chunk = parts[first : first + PARTS_PER_STATEMENT]
+        statement = chunk[0] if len(chunk) == 1 else union_all(*chunk)
+        for m, key, value in await session.execute(statement):
+            slot = (key, m, bin_of(value))
+            if slot in wanted:
+                found.setdefault(slot, []).append(float(value))
     return found
 
 
