@@ -90,15 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.plans = plans
     app.state.key_note = key_note
     install_error_handlers(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Retry-After", *LIMIT_HEADERS],
-        )
+    # Middleware added first runs innermost: the size limit inside CORS (so a browser can read
+    # its 413), both inside the request context (request id, access log).
     app.add_middleware(
         BodyLimitMiddleware,
         default=settings.max_request_bytes,
@@ -109,7 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "/billing/webhook": WEBHOOK_MAX_BYTES,
         },
     )
-    app.add_middleware(RequestContextMiddleware)  # outermost: the 413 above gets a request id
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After", *LIMIT_HEADERS],
+        )
+    app.add_middleware(RequestContextMiddleware)
 
     from kiban import health
     from kiban.admin import account as admin_account

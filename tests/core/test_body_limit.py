@@ -8,8 +8,12 @@ from collections.abc import Callable
 import httpx
 import orjson
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
+from kiban.app import create_app
+from kiban.core.body_limit import BodyLimitMiddleware
 from kiban.settings import Settings
+from tests.conftest import RunningApp, make_client
 
 MiB = 1024 * 1024
 
@@ -95,3 +99,52 @@ async def test_bodies_under_the_limits_pass(
     assert r.status_code == 201, r.text
     r = await client.post("/ai/test", json={"prompt": "hello?"}, headers=user_headers)
     assert r.status_code == 200, r.text
+
+
+async def test_a_413_carries_cors_headers(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(cors_origins=["https://app.example"], max_request_bytes=2048)
+    origin = {"Origin": "https://app.example"}
+    async with RunningApp(create_app(settings)) as app, make_client(app) as client:
+        r = await client.post("/ai/test", content=b"x" * 4096, headers=origin)
+    assert r.status_code == 413
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def _through_limit(headers: list[tuple[bytes, bytes]], path: str, root: str = "") -> int:
+    """Status of a 3,000-byte body sent in three chunks through the middleware alone, in front of
+    an app that reads the whole body and answers 200."""
+    chunks = [b"x" * 1000] * 3
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    middleware = BodyLimitMiddleware(app, default=1024, limits={"/ai/upload": 10_000})
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": root, "headers": headers}
+    await middleware(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_a_body_with_both_length_headers_is_counted() -> None:
+    # Content-Length: 10 with Transfer-Encoding: chunked; a server that goes by the chunks (h11)
+    # delivers all 3,000 bytes: they are counted, not trusted to the declared 10.
+    both = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    assert await _through_limit(both, "/ai/test") == 413
+    assert await _through_limit([(b"content-length", b"9" * 30)], "/ai/test") == 413
+
+
+async def test_limits_by_path_hold_under_a_root_path() -> None:
+    chunked = [(b"transfer-encoding", b"chunked")]
+    assert await _through_limit(chunked, "/api/ai/upload", root="/api") == 200  # its 10,000
+    assert await _through_limit(chunked, "/api/ai/test", root="/api") == 413  # the default 1,024
