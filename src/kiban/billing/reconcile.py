@@ -59,9 +59,11 @@ async def repair(
 ) -> Change | None:
     """Make the subscription's row say what ``snap`` (read from Stripe at ``read_at``) says."""
     row = await repo.lock_subscription(session, snap.id)
-    if row.last_event_created is not None and row.last_event_created > read_at:
-        # An event created after the read is applied: the row is newer than the snapshot. (In
-        # the read's own second the order is unknown; the read wins, as a repair should.)
+    if row.last_event_created is not None and row.last_event_created >= read_at:
+        # An event created after the read is applied: the row is newer than the snapshot. In
+        # the read's own second the order is unknown, and the event wins: it carried the whole
+        # subscription as of its time, and a change after it brings its own event (while a
+        # lost event would never be delivered again: the inbox has it).
         return None
     before = _values(row)
     if row.user_id is None and snap.customer_id:
