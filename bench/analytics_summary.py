@@ -38,7 +38,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from kiban.admin import analytics, quotas, rollups, usage_log
+from kiban.admin import analytics, quotas, rollups, top_users, usage_log
 from kiban.admin.analytics import Window
 from kiban.admin.percentiles import nearest_rank
 from kiban.admin.schemas import GroupBy, Interval, RankBy
@@ -195,7 +195,7 @@ async def measure(url: str, repeat: int, export: bool) -> None:
             ),
             (
                 "top users by cost, 30 days",
-                lambda: analytics.top_users(session, month, RankBy.COST, 10),
+                lambda: top_users.top_users(session, month, RankBy.COST, 10),
             ),
             ("model mix, 30 days", lambda: analytics.mix(session, month, GroupBy.MODEL)),
             ("quota consumption per plan", lambda: quotas.quota_consumption(session, END)),

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
-from kiban.admin import analytics, rollups
+from kiban.admin import analytics, rollups, top_users
 from kiban.admin.histograms import EDGES
 from kiban.admin.schemas import RankBy
 from kiban.cli import app as cli
@@ -222,7 +222,7 @@ async def test_a_deleted_users_usage_ranks_as_no_user_as_in_the_ledger(
     await session.delete(gone)  # the ledger keeps the rows, with user_id set to NULL
     await session.commit()
     ragged = analytics.Window(T0 + timedelta(hours=5), T0 + timedelta(days=2, hours=3))
-    got = await analytics.top_users(session, ragged, RankBy.REQUESTS, 10)
+    got = await top_users.top_users(session, ragged, RankBy.REQUESTS, 10)
     want: dict[uuid.UUID | None, int] = {}
     for r in records:
         if ragged.start <= r.created_at < ragged.end:

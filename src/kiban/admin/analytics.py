@@ -1,4 +1,6 @@
-"""Analytics over the usage ledger: a window's summary, time series and top users.
+"""Analytics over the usage ledger: a window's summary, time series and mix.
+
+Top users are in ``kiban.admin.top_users``.
 
 Definitions (also in the README and checked by the tests against plain Python):
 
@@ -30,7 +32,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Select,
     String,
     and_,
     cast,
@@ -39,7 +40,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,14 +51,11 @@ from kiban.admin.schemas import (
     Interval,
     MixEntry,
     Point,
-    RankBy,
     Series,
     Summary,
     Timeseries,
-    TopUser,
-    TopUsers,
 )
-from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus, User
+from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus
 from kiban.models.rollup import NO_PLAN
 
 COST_SCALE = 10**10  # the ledger stores Numeric(20, 10)
@@ -179,7 +176,7 @@ def _empty_figures() -> dict[str, Any]:
     return _figures(dict.fromkeys(_AGGREGATE_NAMES, 0), {}, {})
 
 
-def _between(column: Any, edges: Sequence[tuple[datetime, datetime]]) -> ColumnElement[bool]:
+def between(column: Any, edges: Sequence[tuple[datetime, datetime]]) -> ColumnElement[bool]:
     return or_(*(and_(column >= a, column < b) for a, b in edges))
 
 
@@ -201,7 +198,7 @@ async def _hourly(
         )
     if split.edges:
         labelled = [k.label(f"k{i}") for i, (_, k) in enumerate(keys)]
-        edges = _between(U.created_at, split.edges)
+        edges = between(U.created_at, split.edges)
         queries.append(select(*labelled, *_aggregates()).where(edges).group_by(*labelled))
     merged: dict[tuple[Any, ...], dict[str, int]] = {}
     for query in queries:
@@ -431,72 +428,3 @@ async def mix(session: AsyncSession, window: Window, group_by: GroupBy) -> list[
         )
         for (g,), v in ordered
     ]
-
-
-# --- top users -----------------------------------------------------------------------------
-
-
-async def top_users(session: AsyncSession, window: Window, by: RankBy, limit: int) -> TopUsers:
-    """The users with the most cost, tokens or requests in the window."""
-    # Whole days from the per-user rollup, the edges from the ledger, ranked together. The join
-    # to users turns the rollup's "no user" (and a deleted user, whose ledger rows lost their
-    # user_id) into NULL, as in the ledger.
-    split = rollups.split(window.start, window.end, rollups.DAY)
-    parts: list[Select[Any, int, int, Any]] = []
-    if split.whole:
-        parts.append(
-            select(
-                D.user_id.label("user_id"),
-                D.requests.label("requests"),
-                D.total_tokens.label("total_tokens"),
-                D.cost_units.label("cost_units"),
-            ).where(D.day >= split.whole[0], D.day < split.whole[1])
-        )
-    if split.edges:
-        parts.append(
-            select(
-                U.user_id.label("user_id"),
-                func.count().label("requests"),
-                func.sum(U.total_tokens).label("total_tokens"),
-                func.sum(cost_units()).label("cost_units"),
-            )
-            .where(_between(U.created_at, split.edges))
-            .group_by(U.user_id)
-        )
-    both = union_all(*parts).subquery()
-    user = User.id.label("user_id")
-    requests = func.sum(both.c.requests).label("requests")
-    tokens = func.sum(both.c.total_tokens).label("tokens")
-    cost = func.sum(both.c.cost_units).label("cost")
-    order = {RankBy.COST: cost, RankBy.TOKENS: tokens, RankBy.REQUESTS: requests}[by]
-    await without_jit(session)
-    rows = (
-        await session.execute(
-            select(user, requests, tokens, cost)
-            .select_from(both.outerjoin(User, User.id == both.c.user_id))
-            .group_by(User.id)
-            .order_by(func.coalesce(order, 0).desc(), User.id)
-            .limit(limit)
-        )
-    ).all()
-    ids = [r.user_id for r in rows if r.user_id is not None]
-    emails = await user_emails(session, ids)
-    users = [
-        TopUser(
-            user_id=r.user_id,
-            email=emails.get(r.user_id) if r.user_id else None,
-            requests=int(r.requests),
-            total_tokens=int(r.tokens or 0),
-            cost_usd=units_to_usd(r.cost),
-        )
-        for r in rows
-    ]
-    return TopUsers(start=window.start, end=window.end, by=by, users=users)
-
-
-async def user_emails(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
-    """Emails of the given users, by id."""
-    if not ids:
-        return {}
-    rows = await session.execute(select(User.id, User.email).where(User.id.in_(ids)))
-    return {r.id: r.email for r in rows}

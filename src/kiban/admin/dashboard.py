@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
-from kiban.admin import analytics, quotas, usage_log
+from kiban.admin import analytics, quotas, top_users, usage_log
 from kiban.admin.analytics import Window
 from kiban.admin.charts import Line, bar_chart, line_chart
 from kiban.admin.exceptions import InvalidWindow
@@ -225,7 +225,7 @@ async def overview(
                 for m in await analytics.mix(session, window, GroupBy.ENDPOINT)
             ],
         ),
-        "top_users": await analytics.top_users(session, window, RankBy.COST, 10),
+        "top_users": await top_users.top_users(session, window, RankBy.COST, 10),
         "quotas": await quotas.quota_consumption(session, clock.now()),
     }
     return render(request, "overview.html", context, settings=settings, viewer=viewer)

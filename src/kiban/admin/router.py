@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from kiban.admin import analytics, quotas, usage_log
+from kiban.admin import top_users as ranking
 from kiban.admin.dependencies import AnalyticsAdmin, WindowDep
 from kiban.admin.schemas import (
     GroupBy,
@@ -64,7 +65,7 @@ async def top_users(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> TopUsers:
     """The users with the most cost, tokens or requests in the window."""
-    return await analytics.top_users(session, window, by, limit)
+    return await ranking.top_users(session, window, by, limit)
 
 
 @router.get("/quotas")
