@@ -102,7 +102,6 @@ class Metric:
     percents: Sequence[int]
 
 
-METRICS = {LATENCY: U.response_time_ms, TTFT: U.time_to_first_token_ms}
 _INDEXES = {LATENCY: "ix_usage_records_latency", TTFT: "ix_usage_records_ttft"}
 
 
