@@ -64,14 +64,12 @@ def _expected(records: list[UsageRecord], start: object, end: object) -> list[di
 
 
 @pytest.mark.parametrize("name", WINDOWS)
-@pytest.mark.parametrize("scan_by_time_limit", [0, 10**9], ids=["by value", "by time"])
+@pytest.mark.parametrize("fetch", ["value", "time", "auto"])
 async def test_percentiles_equal_pythons_whichever_way_the_bins_are_fetched(
-    session: AsyncSession, ledger: list[UsageRecord], name: str, scan_by_time_limit: int
+    session: AsyncSession, ledger: list[UsageRecord], name: str, fetch: histograms.Fetch
 ) -> None:
     start, end = WINDOWS[name]
-    got = await histograms.percentiles(
-        session, start, end, METRICS, scan_by_time_limit=scan_by_time_limit
-    )
+    got = await histograms.percentiles(session, start, end, METRICS, fetch=fetch)
     assert got is not None
     assert got[None] == _expected(ledger, start, end)
 
@@ -88,7 +86,7 @@ async def test_percentiles_per_bucket_equal_pythons(
         ),
         daily=True,
     )
-    got = await histograms.percentiles(session, start, end, METRICS, cut, scan_by_time_limit=0)
+    got = await histograms.percentiles(session, start, end, METRICS, cut, fetch="value")
     assert got is not None
     days = sorted(
         {r.created_at.strftime("%Y-%m-%d") for r in ledger if start <= r.created_at < end}
@@ -160,7 +158,7 @@ async def test_heavy_ties_in_one_bin_stay_exact(session: AsyncSession) -> None:
         r.response_time_ms = 2.5 if i % 7 else 2.51
     await seed(session, records)
     start, end = T0, T0 + timedelta(days=4)
-    got = await histograms.percentiles(session, start, end, METRICS[:1], scan_by_time_limit=0)
+    got = await histograms.percentiles(session, start, end, METRICS[:1], fetch="value")
     assert got is not None
     assert got[None][0] == _expected(records, start, end)[0]
 
@@ -188,7 +186,7 @@ async def test_large_fetches_are_split_and_stay_exact(
             analytics._parse_bucket(key) + timedelta(hours=1),
         ),
     )
-    got = await histograms.percentiles(session, start, end, METRICS, cut, scan_by_time_limit=0)
+    got = await histograms.percentiles(session, start, end, METRICS, cut, fetch="value")
     assert got is not None
     for key, values in got.items():
         hour = analytics._parse_bucket(key)
@@ -210,3 +208,16 @@ async def test_bins_too_full_to_fetch_leave_it_to_the_slower_exact_ways(
         want["latency_p99_ms"],
         want["ttft_p95_ms"],
     )
+
+
+async def test_a_short_window_in_a_long_history_is_read_by_time(
+    session: AsyncSession, ledger: list[UsageRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bin's value-index range spans the whole ledger (800 records here): reading 10 wanted
+    # values by value reads about 10 x 800 / window entries, against the window's own rows.
+    monkeypatch.setattr(histograms, "TIME_ENTRY_COST", 1)
+    wanted = {(None, 0, 5)}
+    whole_window = {(None, 0): {5: 10, 6: 790}}  # the window is the whole history
+    short_window = {(None, 0): {5: 10, 6: 40}}  # 50 of the 800 records
+    assert not await histograms._by_time(session, wanted, whole_window)
+    assert await histograms._by_time(session, wanted, short_window)
