@@ -78,14 +78,7 @@ async def test_percentiles_per_bucket_equal_pythons(
     session: AsyncSession, ledger: list[UsageRecord]
 ) -> None:
     start, end = WINDOWS["ragged ends"]
-    cut = histograms.Buckets(
-        sql=lambda hour: analytics._bucket_expr(session, Interval.DAY, hour),
-        span=lambda key: (
-            analytics._parse_bucket(key),
-            analytics._parse_bucket(key) + timedelta(days=1),
-        ),
-        daily=True,
-    )
+    cut = analytics.histogram_buckets(session, Interval.DAY)
     got = await histograms.percentiles(session, start, end, METRICS, cut, fetch="value")
     assert got is not None
     days = sorted(
@@ -179,13 +172,7 @@ async def test_large_fetches_are_split_and_stay_exact(
     monkeypatch.setattr(histograms, "PARTS_PER_STATEMENT", parts)
     monkeypatch.setattr(histograms, "MAX_SPANS", spans)
     start, end = WINDOWS["ragged ends"]
-    cut = histograms.Buckets(
-        sql=lambda hour: analytics._bucket_expr(session, Interval.HOUR, hour),
-        span=lambda key: (
-            analytics._parse_bucket(key),
-            analytics._parse_bucket(key) + timedelta(hours=1),
-        ),
-    )
+    cut = analytics.histogram_buckets(session, Interval.HOUR)
     got = await histograms.percentiles(session, start, end, METRICS, cut, fetch="value")
     assert got is not None
     for key, values in got.items():

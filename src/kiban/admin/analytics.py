@@ -289,6 +289,16 @@ def _bucket_expr(
     return func.to_char(func.timezone("UTC", column), fmt)
 
 
+def histogram_buckets(session: AsyncSession, interval: Interval) -> histograms.Buckets:
+    """The time series' buckets, as the histograms read them (keyed by the bucket's text)."""
+    step = timedelta(hours=1) if interval is Interval.HOUR else timedelta(days=1)
+    return histograms.Buckets(
+        sql=lambda column: _bucket_expr(session, interval, column),
+        span=lambda text: (_parse_bucket(text), _parse_bucket(text) + step),
+        daily=interval is Interval.DAY,
+    )
+
+
 def _parse_bucket(text: str) -> datetime:
     fmt = "%Y-%m-%d %H" if len(text) > 10 else "%Y-%m-%d"
     return datetime.strptime(text, fmt).replace(tzinfo=UTC)
@@ -332,12 +342,7 @@ async def timeseries(
     rows = await _hourly(session, window, keys)
     percentiles = None
     if group_by is None:  # the histograms are per hour only, not per group
-        step = timedelta(hours=1) if interval is Interval.HOUR else timedelta(days=1)
-        cut = histograms.Buckets(
-            sql=lambda hour: _bucket_expr(session, interval, hour),
-            span=lambda text: (_parse_bucket(text), _parse_bucket(text) + step),
-            daily=interval is Interval.DAY,
-        )
+        cut = histogram_buckets(session, interval)
         percentiles = await histograms.percentiles(session, window.start, window.end, _METRICS, cut)
     latency: dict[tuple[str, str | None], dict[int, float | None]]
     ttft: dict[tuple[str, str | None], dict[int, float | None]]
