@@ -5,8 +5,9 @@ Every value and label is escaped; each point carries a ``<title>`` so hovering s
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +30,26 @@ def nice_max(value: float) -> float:
     return next(step * base for step in (1, 2, 2.5, 5, 10) if step * base >= value)
 
 
+def _whole_steps() -> Iterator[int]:
+    """1, 2, 5, 10, 20, 25, 50, 100, 200, 250, ...: round steps that are whole numbers."""
+    for exponent in itertools.count():
+        base = 10**exponent
+        yield from (base, 2 * base, *((5 * base // 2,) if exponent else ()), 5 * base)
+
+
+def y_ticks(peak: float, *, integer: bool = False) -> list[float]:
+    """The value axis's ticks, from 0 to a round top at or above ``peak``.
+
+    Four equal steps up to ``nice_max(peak)``; for counts (``integer``) a whole-number step and
+    as many steps (at most four) as reach the peak, so no tick reads 2.5 requests.
+    """
+    if not integer:
+        top = nice_max(peak)
+        return [top * k / 4 for k in range(5)]
+    step = next(s for s in _whole_steps() if s * 4 >= peak)
+    return [float(step * k) for k in range(max(1, math.ceil(peak / step)) + 1)]
+
+
 def line_chart(
     title: str,
     xs: Sequence[datetime],
@@ -36,14 +57,16 @@ def line_chart(
     *,
     y_format: Callable[[float], str] = lambda v: f"{v:,.0f}",
     x_format: str = "%m-%d",
+    integer: bool = False,
     width: int = 560,
     height: int = 220,
 ) -> Markup:
-    """A line chart of one or more series over time buckets."""
+    """A line chart of one or more series over time buckets (``integer``: the values count)."""
     left, right, top, bottom = 64, 22, 28, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((v for line in lines for v in line.values if v is not None), default=0.0)
-    y_max = nice_max(peak)
+    ticks_y = y_ticks(peak, integer=integer)
+    y_max = ticks_y[-1]
     n = len(xs)
 
     def x_at(i: int) -> float:
@@ -57,8 +80,7 @@ def line_chart(
         f'role="img" aria-label="{escape(title)}">',
         f'<text x="8" y="16" class="chart-title">{escape(title)}</text>',
     ]
-    for k in range(5):
-        v = y_max * k / 4
+    for v in ticks_y:
         y = y_at(v)
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'

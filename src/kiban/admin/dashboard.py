@@ -157,6 +157,7 @@ def _charts(series: Timeseries) -> dict[str, Any]:
                 Line("errors", [p.by_status.get("error", 0) for p in points]),
             ],
             x_format=x_format,
+            integer=True,
         ),
         "cost": line_chart(
             "Cost (USD)",
