@@ -1,5 +1,9 @@
 """Top users of a window: the heaviest by cost, tokens or requests.
 
+Ties are broken by the other figures: by cost, then requests, then tokens; by tokens, then
+requests, then cost; by requests, then tokens, then cost; and last by user id, so the order is
+stable.
+
 Whole days come from the per-user daily rollup, the window's partial days from the ledger, ranked
 together in one ``UNION ALL`` query (``kiban.admin.rollups``).
 """
@@ -54,14 +58,18 @@ async def top_users(session: AsyncSession, window: Window, by: RankBy, limit: in
     requests = func.sum(both.c.requests).label("requests")
     tokens = func.sum(both.c.total_tokens).label("tokens")
     cost = func.sum(both.c.cost_units).label("cost")
-    order = {RankBy.COST: cost, RankBy.TOKENS: tokens, RankBy.REQUESTS: requests}[by]
+    order = {
+        RankBy.COST: (cost, requests, tokens),
+        RankBy.TOKENS: (tokens, requests, cost),
+        RankBy.REQUESTS: (requests, tokens, cost),
+    }[by]
     await without_jit(session)
     rows = (
         await session.execute(
             select(user, requests, tokens, cost)
             .select_from(both.outerjoin(User, User.id == both.c.user_id))
             .group_by(User.id)
-            .order_by(func.coalesce(order, 0).desc(), User.id)
+            .order_by(*(func.coalesce(figure, 0).desc() for figure in order), User.id)
             .limit(limit)
         )
     ).all()
