@@ -292,3 +292,57 @@ async def test_cookies_are_secure_in_production_even_over_plain_http(
     names = {c.split("=", 1)[0] for c in cookies}
     assert names == {"kiban_csrf", "kiban_session", "kiban_refresh"}
     assert all(("; secure" in c.lower()) == (env == "production") for c in cookies), cookies
+
+
+def _mix_labels(html: str, title: str) -> list[str]:
+    chart = re.search(rf'<svg [^>]*aria-label="{title}">.*?</svg>', html, re.S)
+    assert chart, title
+    return re.findall(r'text-anchor="end">([^<]*)</text>', chart[0])
+
+
+async def test_the_dashboard_names_endpoints_by_the_paths_clients_call(
+    client: httpx.AsyncClient, app: FastAPI, admin: User, admin_headers: dict[str, str]
+) -> None:
+    # A different number of requests per path, so each path's rows can be told apart.
+    ask = {"prompt": "What is kiban?", "model": "extractive"}
+    chat = {"model": "extractive", "messages": [{"role": "user", "content": "What is kiban?"}]}
+    calls = {"/ai/test": (ask, 1), "/ai/stream": (ask, 2), "/v1/chat/completions": (chat, 3)}
+    for path, (body, times) in calls.items():
+        for _ in range(times):
+            r = await client.post(path, json=body, headers=admin_headers)
+            assert r.status_code == 200, r.text
+    await app.state.gateway.ledger.flush()
+    await sign_in(client, admin.email)
+
+    page = await client.get("/admin/requests")
+    rows = re.findall(
+        r'<tr data-status="[^"]*" data-model="[^"]*" data-endpoint="([^"]*)">'
+        r"(?:\s*<td>.*?</td>){2}\s*<td>([^<]*)</td>",
+        page.text,
+    )
+    shown = {path: sum(1 for _, p in rows if p == path) for path in calls}
+    assert shown == {path: times for path, (_, times) in calls.items()}
+    names = {name for name, _ in rows}
+    # The filter offers the paths, and sends the ledger's names.
+    options = dict(re.findall(r'<option value="([^"]+)" >([^<]*)</option>', page.text))
+    assert {options[name] for name in names} == set(calls)
+
+    overview = await client.get("/admin?range=24h")
+    assert sorted(_mix_labels(overview.text, "Requests by endpoint")) == sorted(calls)
+
+
+async def test_the_requests_filter_takes_an_endpoint_by_name_or_by_path(
+    client: httpx.AsyncClient, admin: User, session: AsyncSession
+) -> None:
+    records = make_records(60, [admin.id], hours=1)
+    for r in records:
+        r.created_at = clock.now() - timedelta(minutes=5)
+    await seed(session, records)
+    await sign_in(client, admin.email)
+    want = sum(1 for r in records if r.endpoint == "ai_stream")
+    assert want > 0
+    for value in ("ai_stream", "/ai/stream"):
+        page = await client.get("/admin/requests", params={"endpoint": value})
+        endpoints = re.findall(r'data-endpoint="([^"]*)"', page.text)
+        assert endpoints == ["ai_stream"] * want, value
+        assert '<option value="ai_stream" selected>/ai/stream</option>' in page.text

@@ -15,7 +15,7 @@ from kiban.admin import analytics, quotas, top_users, usage_log
 from kiban.admin.analytics import Window
 from kiban.admin.charts import Line, bar_chart, line_chart
 from kiban.admin.exceptions import InvalidWindow
-from kiban.admin.pages import fmt_ms, fmt_usd, render
+from kiban.admin.pages import endpoint_name, endpoint_path, fmt_ms, fmt_usd, render
 from kiban.admin.schemas import GroupBy, Interval, RankBy, Timeseries
 from kiban.admin.web_auth import (
     REFRESH_COOKIE,
@@ -222,7 +222,7 @@ async def overview(
         "endpoint_mix": bar_chart(
             "Requests by endpoint",
             [
-                (m.group or "–", m.requests)
+                (endpoint_path(m.group), m.requests)
                 for m in await analytics.mix(session, window, GroupBy.ENDPOINT)
             ],
         ),
@@ -256,6 +256,7 @@ async def requests_page(
         window = _window(start, end, timedelta(days=30))
     except InvalidWindow as e:
         window, notice = Window(now - timedelta(days=30), now), e.message
+    endpoint = endpoint_name(endpoint.strip()) if endpoint else None
     user_id = None
     if user and notice is None:
         user_id = await _find_user(session, user.strip())

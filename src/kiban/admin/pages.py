@@ -17,6 +17,26 @@ PACKAGE_DIR = Path(__file__).parent
 STATIC_DIR = PACKAGE_DIR / "static"
 templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
 
+# The ledger's endpoint names (``gateway.begin(..., endpoint)`` in kiban.gateway's routers) and the
+# paths a client calls, which the dashboard shows instead. The analytics API and the CSV export
+# keep the names.
+ENDPOINT_PATHS = {
+    "ai_test": "/ai/test",
+    "ai_stream": "/ai/stream",
+    "chat_completions": "/v1/chat/completions",
+}
+ENDPOINT_NAMES = {path: name for name, path in ENDPOINT_PATHS.items()}
+
+
+def endpoint_path(name: str | None) -> str:
+    """The path of a ledger endpoint name (an unknown name is shown as it is)."""
+    return "–" if not name else ENDPOINT_PATHS.get(name, name)
+
+
+def endpoint_name(value: str) -> str:
+    """The ledger's name for an endpoint given by its path or by its name."""
+    return ENDPOINT_NAMES.get(value, value)
+
 
 def fmt_int(value: int | None) -> str:
     """1234567 -> '1,234,567'."""
@@ -69,6 +89,7 @@ templates.env.filters.update(
         "pct": fmt_pct,
         "time": fmt_time,
         "sources": fmt_sources,
+        "endpoint_path": endpoint_path,
     }
 )
 
