@@ -18,7 +18,7 @@ from kiban.core import clock
 from kiban.models import ApiKey, RefreshToken, User
 from kiban.settings import Settings
 from tests.admin.conftest import make_records, seed
-from tests.conftest import DEFAULT_PASSWORD, RunningApp, make_client
+from tests.conftest import DEFAULT_PASSWORD, RunningApp, create_user, make_client
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -346,3 +346,19 @@ async def test_the_requests_filter_takes_an_endpoint_by_name_or_by_path(
         endpoints = re.findall(r'data-endpoint="([^"]*)"', page.text)
         assert endpoints == ["ai_stream"] * want, value
         assert '<option value="ai_stream" selected>/ai/stream</option>' in page.text
+
+
+async def test_the_overview_counts_registered_users(
+    client: httpx.AsyncClient, admin: User, session: AsyncSession
+) -> None:
+    await create_user(session, email="new@example.com")
+    await create_user(session, email="gone@example.com", is_active=False)
+    await create_user(session, email="old@example.com", created_at=clock.now() - timedelta(days=30))
+    await sign_in(client, admin.email)
+    page = await client.get("/admin?range=7d")
+    assert _metric(page.text, "users") == "4"
+    card = re.search(r'data-metric="users">.*?class="sub">([^<]*)<', page.text, re.S)
+    assert card
+    assert card[1] == "3 active · 3 joined in this window"
+    # A user's own cards are about their usage: no count of everyone there.
+    assert 'data-metric="users"' not in (await client.get("/account")).text

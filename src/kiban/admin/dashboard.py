@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
-from kiban.admin import analytics, quotas, top_users, usage_log
+from kiban.admin import analytics, quotas, top_users, usage_log, users
 from kiban.admin.analytics import Window
 from kiban.admin.charts import Line, bar_chart, line_chart
 from kiban.admin.exceptions import InvalidWindow
@@ -190,7 +190,7 @@ async def overview(
     start: Annotated[str | None, Query(alias="from")] = None,
     end: Annotated[str | None, Query(alias="to")] = None,
 ) -> Response:
-    """The dashboard: summary cards, charts, model and endpoint mix, top users, quotas."""
+    """The dashboard: users and summary cards, charts, model and endpoint mix, top users, quotas."""
     viewer, denied = await _admin_or_response(request, session, settings, keyring)
     if denied is not None:
         return denied
@@ -211,6 +211,7 @@ async def overview(
         "range": range_ if not (start or end) else None,
         "ranges": list(RANGES),
         "summary": await analytics.summary(session, window),
+        "user_counts": await users.count_users(session, window),
         "charts": _charts(await analytics.timeseries(session, window, interval, None)),
         "model_mix": bar_chart(
             "Requests by model",

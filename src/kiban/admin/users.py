@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.admin.analytics import Window
 from kiban.auth import refresh
 from kiban.auth.dependencies import AdminUser
 from kiban.auth.schemas import UserOut
@@ -81,6 +83,30 @@ async def list_users(
         query.order_by(User.created_at, User.id).limit(limit).offset(offset)
     )
     return list(rows), int(total or 0)
+
+
+@dataclass(frozen=True)
+class UserCounts:
+    """Registered accounts: all of them, the active ones, and those created in a window."""
+
+    total: int
+    active: int
+    joined: int
+
+
+async def count_users(session: AsyncSession, window: Window) -> UserCounts:
+    """How many accounts exist, how many are active, and how many were created in the window."""
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.count().filter(User.is_active.is_(True)),
+                func.count().filter(User.created_at >= window.start, User.created_at < window.end),
+            ).select_from(User)
+        )
+    ).one()
+    total, active, joined = (int(v or 0) for v in row)
+    return UserCounts(total=total, active=active, joined=joined)
 
 
 async def update_user(
