@@ -362,3 +362,18 @@ async def test_the_overview_counts_registered_users(
     assert card[1] == "3 active · 3 joined in this window"
     # A user's own cards are about their usage: no count of everyone there.
     assert 'data-metric="users"' not in (await client.get("/account")).text
+
+
+async def test_the_favicon_is_linked_and_answers_at_favicon_ico(client: httpx.AsyncClient) -> None:
+    page = await client.get("/login")
+    link = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page.text)
+    assert link
+    assert link[1].startswith("/admin/static/")  # served here, no CDN
+    linked = await client.get(link[1])
+    assert linked.status_code == 200
+    assert linked.content.startswith(b"<svg ")
+    # Browsers ask for /favicon.ico whatever the page links.
+    ico = await client.get("/favicon.ico")
+    assert ico.status_code == 200
+    assert ico.headers["content-type"] == "image/svg+xml"
+    assert ico.content == linked.content

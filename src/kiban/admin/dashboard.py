@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy import select
 
 from kiban.admin import analytics, quotas, top_users, usage_log, users
 from kiban.admin.analytics import Window
 from kiban.admin.charts import Line, bar_chart, line_chart
 from kiban.admin.exceptions import InvalidWindow
-from kiban.admin.pages import endpoint_name, endpoint_path, fmt_ms, fmt_usd, render
+from kiban.admin.pages import STATIC_DIR, endpoint_name, endpoint_path, fmt_ms, fmt_usd, render
 from kiban.admin.schemas import GroupBy, Interval, RankBy, Timeseries
 from kiban.admin.web_auth import (
     REFRESH_COOKIE,
@@ -38,6 +38,19 @@ router = APIRouter(include_in_schema=False)
 
 RANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 PAGE_SIZE = 50
+
+
+# --- favicon -----------------------------------------------------------------------------------
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    """The dashboard's icon, for browsers that ask for /favicon.ico whatever the page links."""
+    return FileResponse(
+        STATIC_DIR / "favicon.svg",
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 # --- sign-in -----------------------------------------------------------------------------------
