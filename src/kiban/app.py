@@ -14,7 +14,7 @@ from kiban import __version__
 from kiban.auth.api_keys import wait_for_touches
 from kiban.auth.keys import load_keyring
 from kiban.billing.plans import activate as activate_plans
-from kiban.billing.plans import load_plans
+from kiban.billing.plans import load_catalog
 from kiban.billing.state import configure_grace, grace_period
 from kiban.billing.stripe_gateway import StripeGateway
 from kiban.billing.webhooks import WEBHOOK_MAX_BYTES
@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(json=settings.json_logs, level=settings.log_level)
     keyring, key_note = load_keyring(settings)
-    plans = load_plans(settings.plans_file)  # a bad plans file refuses to start, naming the field
+    # A bad plans file or KIBAN_STRIPE_PRICES refuses to start, naming the field or the entry.
+    plans = load_catalog(settings.plans_file, settings.stripe_prices)
     activate_plans(plans)
     gateway_config = GatewayConfig.load(settings)  # models and prices files, checked now
 

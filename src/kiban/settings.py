@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1)
     stripe_timeout_seconds: float = Field(default=20.0, gt=0)
     stripe_max_network_retries: int = Field(default=2, ge=0)
+    # Stripe price ids per plan, "pro=price_a,price_b;team=price_c": they replace those plans'
+    # stripe_price_ids from the plans file (the first is the one Checkout sells). Checked at
+    # start-up against the plans (kiban.billing.plans.load_catalog).
+    stripe_prices: str | None = None
     # While a renewal payment is failing, paid access lasts this long after the first failure
     # (never beyond the end of the period).
     billing_past_due_grace_days: float = Field(default=7.0, ge=0)

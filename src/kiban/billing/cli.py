@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.billing import simulate, state
-from kiban.billing.plans import cached_plans
+from kiban.billing.plans import catalog_for
 from kiban.billing.reconcile import reconcile as reconcile_subscriptions
 from kiban.billing.service import grace
 from kiban.billing.stripe_gateway import StripeGateway
@@ -111,12 +111,14 @@ async def build_event(
     user = await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
     if user is None:
         raise _fail(f"no user with email {email!r}")
-    plan = cached_plans(settings.plans_file).plans.get(plan_name)
+    try:
+        plan = catalog_for(settings).plans.get(plan_name)
+    except ConfigurationError as e:
+        raise _fail(str(e)) from e
     if plan is None or not plan.stripe_price_ids:
         raise _fail(
-            f"plan {plan_name!r} has no stripe_price_ids: copy src/kiban/billing/plans.toml, add "
-            f'stripe_price_ids = ["price_dev_{plan_name}"] to [plans.{plan_name}] and point '
-            "KIBAN_PLANS_FILE at it"
+            f"plan {plan_name!r} has no Stripe price: set KIBAN_STRIPE_PRICES="
+            f'"{plan_name}=price_dev_{plan_name}" (the same for `kiban serve`)'
         )
     customer = await session.get(BillingCustomer, user.id)
     customer_id = customer.stripe_customer_id if customer else simulate.new_id("cus_sim")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from kiban.billing.plans import PlanCatalog, cached_plans
+from kiban.billing.plans import PlanCatalog
 from kiban.billing.service import require_gateway
 from kiban.billing.stripe_gateway import StripeGateway
 
@@ -17,7 +17,9 @@ async def get_gateway(request: Request) -> StripeGateway:
 
 
 async def get_catalog(request: Request) -> PlanCatalog:
-    return cached_plans(request.app.state.settings.plans_file)
+    """The catalog the app loaded and checked at start-up (plans file and KIBAN_STRIPE_PRICES)."""
+    catalog: PlanCatalog = request.app.state.plans
+    return catalog
 
 
 StripeGatewayDep = Annotated[StripeGateway, Depends(get_gateway)]

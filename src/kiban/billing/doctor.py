@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from kiban.auth.doctor import DoctorContext, Finding, doctor_check
 from kiban.billing.exceptions import BillingNotConfigured, StripeUnavailable
-from kiban.billing.plans import cached_plans
+from kiban.billing.plans import catalog_for
 from kiban.billing.stripe_gateway import StripeGateway
+from kiban.settings import ConfigurationError
 
 _WEBHOOK_FIX = (
     "set KIBAN_STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (Dashboard > Developers > "
@@ -31,18 +32,30 @@ def _key_findings(key: str, production: bool) -> list[Finding]:
     return [Finding("ok", f"Stripe secret key ({'live' if live else 'test'} mode)")]
 
 
+def _unloadable(error: ConfigurationError) -> Finding:
+    return Finding(
+        "fail",
+        "the plans do not load: kiban refuses to start",
+        str(error),
+        "fix the plans file (KIBAN_PLANS_FILE) or KIBAN_STRIPE_PRICES as the message says",
+    )
+
+
 @doctor_check
 async def check_stripe(ctx: DoctorContext) -> list[Finding]:
     """Stripe billing."""
     settings = ctx.settings
     if settings.stripe_secret_key is None:
-        return [
-            Finding(
-                "warn" if settings.env == "production" else "ok",
-                "billing is off: KIBAN_STRIPE_SECRET_KEY is not set",
-                "everyone stays on the default plan unless an admin sets one",
-            )
-        ]
+        off = Finding(
+            "warn" if settings.env == "production" else "ok",
+            "billing is off: KIBAN_STRIPE_SECRET_KEY is not set",
+            "everyone stays on the default plan unless an admin sets one",
+        )
+        try:
+            catalog_for(settings)  # checked at start-up even with billing off
+        except ConfigurationError as e:
+            return [off, _unloadable(e)]
+        return [off]
     findings = _key_findings(
         settings.stripe_secret_key.get_secret_value(), settings.env == "production"
     )
@@ -62,7 +75,10 @@ async def check_stripe(ctx: DoctorContext) -> list[Finding]:
         )
     else:
         findings.append(Finding("ok", "webhook signing secret"))
-    catalog = cached_plans(settings.plans_file)
+    try:
+        catalog = catalog_for(settings)
+    except ConfigurationError as e:
+        return [*findings, _unloadable(e)]
     prices = [
         (plan.name, price) for plan in catalog.plans.values() for price in plan.stripe_price_ids
     ]
@@ -71,7 +87,8 @@ async def check_stripe(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "warn",
                 "no plan lists a Stripe price: nothing can be bought",
-                fix="add stripe_price_ids to a plan in your plans file (KIBAN_PLANS_FILE)",
+                fix='set KIBAN_STRIPE_PRICES (e.g. "pro=price_...") or add stripe_price_ids '
+                "to a plan in your plans file (KIBAN_PLANS_FILE)",
             )
         )
         return findings

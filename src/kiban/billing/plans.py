@@ -1,23 +1,30 @@
 """The plan catalog: what each plan may use, read from a TOML file and validated at start-up.
 
 The shipped ``plans.toml`` (next to this module) defines ``free`` and ``pro``; ``KIBAN_PLANS_FILE``
-replaces it. A file that does not validate stops the app from starting with a message naming the
-file and the field (``ConfigurationError``). The catalog is immutable and held in memory: the hot
-path never reads it from disk or the database.
+replaces it. ``KIBAN_STRIPE_PRICES`` (``"pro=price_a,price_b;team=price_c"``) then replaces the
+``stripe_price_ids`` of the plans it lists, so prices need no copy of the file. ``load_catalog``
+is the one place the two meet; the app, the CLI and ``kiban doctor`` all get their catalog from it.
+A file or a variable that does not validate stops the app from starting with a message naming
+the file or variable and the problem (``ConfigurationError``). The catalog is immutable and held
+in memory: the hot path never reads it from disk or the database.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kiban.settings import ConfigurationError
+
+if TYPE_CHECKING:
+    from kiban.settings import Settings
 
 DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.toml")
 
@@ -169,10 +176,91 @@ def load_plans(path: Path | None = None) -> PlanCatalog:
     return parse_plans(text, source=str(path))
 
 
+STRIPE_PRICES_VARIABLE = "KIBAN_STRIPE_PRICES"
+_STRIPE_PRICES_FORMAT = (
+    "expected plan=price[,price...] entries separated by ';', "
+    'e.g. "pro=price_a,price_b;team=price_c"'
+)
+# A Stripe price id (price_...) or a legacy plan id: one word, no separators of the variable.
+_PRICE_ID = re.compile(r"[^\s=,;]+")
+
+
+def _prices_error(problem: str, *, show_format: bool = False) -> ConfigurationError:
+    hint = f"; {_STRIPE_PRICES_FORMAT}" if show_format else ""
+    return ConfigurationError(f"{STRIPE_PRICES_VARIABLE} is invalid: {problem}{hint}")
+
+
+def parse_stripe_prices(value: str) -> dict[str, tuple[str, ...]]:
+    """Parse ``KIBAN_STRIPE_PRICES`` into plan name -> price ids, in the order given."""
+    prices: dict[str, tuple[str, ...]] = {}
+    for number, raw in enumerate(value.split(";"), start=1):
+        entry = raw.strip()
+        name, sep, listed = (part.strip() for part in entry.partition("="))
+        if not entry:
+            raise _prices_error(f"entry {number} is empty", show_format=True)
+        if not sep or not name:
+            raise _prices_error(f"entry {entry!r} is not plan=price", show_format=True)
+        if name in prices:
+            raise _prices_error(f"plan {name!r} is listed twice")
+        ids = tuple(price.strip() for price in listed.split(","))
+        for price in ids:
+            if not price:
+                raise _prices_error(f"plan {name!r} has an empty price id", show_format=True)
+            if not _PRICE_ID.fullmatch(price):
+                raise _prices_error(
+                    f"{price!r} (plan {name!r}) is not a price id", show_format=True
+                )
+        if len(set(ids)) < len(ids):
+            repeated = next(price for price in ids if ids.count(price) > 1)
+            raise _prices_error(f"price {repeated!r} is listed twice for plan {name!r}")
+        prices[name] = ids
+    return prices
+
+
+def apply_stripe_prices(
+    catalog: PlanCatalog, value: str, *, source: str = "the plans file"
+) -> PlanCatalog:
+    """``catalog`` with the plans ``value`` lists buying its prices instead of the file's."""
+    prices = parse_stripe_prices(value)
+    for name in prices:
+        if name not in catalog.plans:
+            raise _prices_error(
+                f"plan {name!r} is not in {source} (its plans: {', '.join(sorted(catalog.plans))})"
+            )
+    owners: dict[str, str] = {}
+    for plan in catalog.plans.values():
+        for price in prices.get(plan.name, plan.stripe_price_ids):
+            if price in owners:
+                # The variable's plans come first in the message; a file's is said to be one.
+                first, second = sorted((owners[price], plan.name), key=lambda p: p not in prices)
+                from_file = "" if second in prices else f" ({second!r} has it in {source})"
+                raise _prices_error(
+                    f"price {price!r} is given to two plans, {first!r} and {second!r}{from_file}"
+                )
+            owners[price] = plan.name
+    plans = {
+        name: plan.model_copy(update={"stripe_price_ids": prices[name]}) if name in prices else plan
+        for name, plan in catalog.plans.items()
+    }
+    return PlanCatalog(default_plan=catalog.default_plan, plans=plans)
+
+
+def load_catalog(plans_file: Path | None = None, stripe_prices: str | None = None) -> PlanCatalog:
+    """The plans file (``KIBAN_PLANS_FILE``) with ``KIBAN_STRIPE_PRICES`` applied over it."""
+    catalog = load_plans(plans_file)
+    if stripe_prices is None or not stripe_prices.strip():  # unset, or set to nothing
+        return catalog
+    return apply_stripe_prices(catalog, stripe_prices, source=str(plans_file or DEFAULT_PLANS_FILE))
+
+
 @lru_cache(maxsize=8)
-def cached_plans(path: Path | None = None) -> PlanCatalog:
-    """The catalog for ``path``, parsed once per process (code outside the app: CLI, billing)."""
-    return load_plans(path)
+def _cached_catalog(plans_file: Path | None, stripe_prices: str | None) -> PlanCatalog:
+    return load_catalog(plans_file, stripe_prices)
+
+
+def catalog_for(settings: Settings) -> PlanCatalog:
+    """The settings' catalog, parsed once per process (code outside the app: CLI, doctor)."""
+    return _cached_catalog(settings.plans_file, settings.stripe_prices)
 
 
 _active: PlanCatalog | None = None
@@ -185,9 +273,9 @@ def activate(catalog: PlanCatalog) -> None:
 
 
 def active_catalog() -> PlanCatalog:
-    """The catalog the app loaded, else the one ``KIBAN_PLANS_FILE`` (or the default) names."""
+    """The catalog the app loaded, else the one the process's settings describe."""
     if _active is not None:
         return _active
     from kiban.settings import get_settings
 
-    return cached_plans(get_settings().plans_file)
+    return catalog_for(get_settings())
