@@ -84,7 +84,7 @@ async def test_simulated_lifecycle_with_quotas_following_the_plan(
     await simulate("customer.subscription.created")
     view = await _view(app, user)
     assert view["plan"] == "pro"
-    assert view["status"] == "pro"
+    assert view["status"] == "active"
     pro_tokens = await _monthly_tokens(app, user)
     async with make_client(app) as client:
         usage = (await client.get("/me/usage", headers=auth_headers(app, user))).json()
@@ -100,7 +100,7 @@ async def test_simulated_lifecycle_with_quotas_following_the_plan(
     assert await _monthly_tokens(app, user) == pro_tokens
 
     await simulate("invoice.paid")
-    assert (await _view(app, user))["status"] == "pro"
+    assert (await _view(app, user))["status"] == "active"
 
     await simulate("customer.subscription.updated", "--cancel-at-period-end")
     view = await _view(app, user)

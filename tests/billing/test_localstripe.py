@@ -245,7 +245,7 @@ async def test_full_lifecycle_against_localstripe(stack: Stack) -> None:
             view = await _view(client, headers)
             return view["status"] == status and view["plan"] == plan
 
-        await eventually(lambda: is_("pro", "pro"))
+        await eventually(lambda: is_("active", "pro"))
         assert await plan_now() == ("pro", period_end)
 
         # -> payment failed at renewal: access kept while past due.
@@ -266,20 +266,20 @@ async def test_full_lifecycle_against_localstripe(stack: Stack) -> None:
         # -> recovered: a good card, the invoice paid.
         await _set_card(stripe, customer_id, "pm_card_visa")
         await stripe.post(f"/v1/invoices/{invoice['id']}/pay")
-        await eventually(lambda: is_("pro", "pro"))
+        await eventually(lambda: is_("active", "pro"))
 
         # -> canceled at period end (the portal does this in production). localstripe sends no
         # event for it: reconcile finds the drift and repairs it.
         await stack.gateway.set_cancel_at_period_end(sub_id, True)
         # (Two seconds on: a read in the same second as the last event defers to the event.)
         with clock.shifted(timedelta(seconds=2)):
-            changes, missing = await reconcile(
+            changes, missing, _ = await reconcile(
                 app.state.sessionmaker, stack.gateway, grace(app.state.settings)
             )
         assert missing == []
         assert [c.subscription_id for c in changes] == [sub_id]
         assert changes[0].fields["cancel_at_period_end"] == (False, True)
-        assert changes[0].fields["state"] == ("pro", "canceled")
+        assert changes[0].fields["state"] == ("active", "canceled")
         view = await _view(client, headers)
         assert view["status"] == "canceled"
         assert view["plan"] == "pro"
@@ -314,7 +314,7 @@ async def test_subscription_deleted_in_stripe_ends_access(stack: Stack) -> None:
         async def status() -> str:
             return str((await _view(client, headers))["status"])
 
-        await eventually(lambda: _equals(status, "pro"))
+        await eventually(lambda: _equals(status, "active"))
         async with httpx.AsyncClient(base_url=stripe.url, headers=stripe.headers) as raw:
             (await raw.delete(f"/v1/subscriptions/{sub['id']}")).raise_for_status()
         await eventually(lambda: _equals(status, "expired"))
@@ -346,7 +346,7 @@ async def test_reconcile_command_repairs_drift_and_prints_it(
         async def status() -> str:
             return str((await _view(client, headers))["status"])
 
-        await eventually(lambda: _equals(status, "pro"))
+        await eventually(lambda: _equals(status, "active"))
         await stack.gateway.set_cancel_at_period_end(sub["id"], True)
         settings = app.state.settings
         for name, value in {
@@ -361,7 +361,7 @@ async def test_reconcile_command_repairs_drift_and_prints_it(
         )
         assert result.exit_code == 0, result.output
         assert f"changed {sub['id']} (user {user.id})" in result.output
-        assert "state: pro -> canceled" in result.output
+        assert "state: active -> canceled" in result.output
         assert "cancel_at_period_end: False -> True" in result.output
         assert "1 subscription(s) repaired" in result.output
         assert await status() == "canceled"

@@ -25,8 +25,8 @@ GRACE = timedelta(days=7)
     [
         (None, False, None, None, S.FREE),
         ("incomplete", False, LATER, None, S.FREE),
-        ("active", False, LATER, None, S.PRO),
-        ("trialing", False, LATER, None, S.PRO),
+        ("active", False, LATER, None, S.ACTIVE),
+        ("trialing", False, LATER, None, S.TRIALING),
         ("active", True, LATER, None, S.CANCELED),
         ("active", False, EARLIER, None, S.EXPIRED),  # status alone never grants access
         ("active", True, EARLIER, None, S.EXPIRED),

@@ -222,7 +222,7 @@ async def test_a_subscription_to_a_variable_price_grants_the_plan(
     assert (await post_event(client, event)).json()["outcome"] == "applied"
     response = await client.get("/billing/subscription", headers=auth_headers(app, user))
     assert response.status_code == 200, response.text
-    assert (response.json()["plan"], response.json()["status"]) == ("pro", "pro")
+    assert (response.json()["plan"], response.json()["status"]) == ("pro", "active")
 
 
 async def test_checkout_sells_the_first_price(

@@ -66,7 +66,7 @@ def expire() -> None:
 
 @billing_app.command()
 def reconcile() -> None:
-    """Re-read subscriptions from Stripe and repair drift, printing every change."""
+    """Re-read subscriptions from Stripe, repair drift and apply waiting events; print changes."""
     settings = Settings()
     gateway = StripeGateway.from_settings(settings)
     if gateway is None:
@@ -79,12 +79,14 @@ def reconcile() -> None:
         finally:
             await stripe.aclose()
 
-    changes, missing = _run(settings, work)
+    changes, missing, reapplied = _run(settings, work)
     for change in changes:
         typer.echo(f"changed {change.describe()}")
     for sub_id in missing:
         typer.secho(f"not found in Stripe: {sub_id} (left as is)", fg="yellow")
-    typer.echo(f"{len(changes)} subscription(s) repaired")
+    for event_id, before, after in reapplied:
+        typer.echo(f"re-applied {event_id}: {before} -> {after}")
+    typer.echo(f"{len(changes)} subscription(s) repaired, {len(reapplied)} waiting event(s) moved")
 
 
 async def _latest(session: AsyncSession, user: User) -> BillingSubscription | None:

@@ -11,7 +11,8 @@ Hierarchy::
     │   └── InvalidEvent            400 invalid_event            signed, but not a Stripe event
     ├── NotFound
     │   ├── UnknownPlan             404 unknown_plan
-    │   └── NoBillingAccount        404 no_billing_account       portal before any checkout
+    │   ├── NoBillingAccount        404 no_billing_account       portal before any checkout
+    │   └── UnknownEvent            404 unknown_event            not in the webhook inbox
     ├── Conflict
     │   ├── PlanNotPurchasable      409 plan_not_purchasable     the plan has no Stripe price
     │   └── AlreadySubscribed       409 already_subscribed       use the portal to change plans
@@ -62,6 +63,11 @@ class NoBillingAccount(NotFound):
     code = "no_billing_account"
     default_message = "You have no billing account yet."
     default_hint = "Start a subscription with POST /billing/checkout first."
+
+
+class UnknownEvent(NotFound):
+    code = "unknown_event"
+    default_message = "The webhook inbox has no such event."
 
 
 class PlanNotPurchasable(Conflict):

@@ -1,75 +1,62 @@
-"""Apply one Stripe event to our subscription rows, in the transaction that put it in the inbox.
+"""Apply one Stripe event, in the transaction that put it in the inbox.
 
-Ordering: Stripe does not deliver events in order, so each subscription row keeps the ``created``
-time of the newest event applied to it, and an older event changes nothing (outcome ``stale``).
-``created`` has one-second resolution; within one second, a ``customer.subscription.created`` never
-overwrites a snapshot we already hold, and a status never moves backwards in the lifecycle
-(incomplete → active/trialing/past_due → unpaid/paused → canceled); otherwise arrival order
-decides. ``kiban billing reconcile`` repairs anything this leaves wrong. See docs/decisions/0040.
+A subscription's row is the stored fold of every inbox event about it (``billing.fold``):
+applying an event means folding them all again, with the row locked (``SELECT ... FOR UPDATE``
+on PostgreSQL; SQLite serialises writers). The last transaction to commit sees every event
+committed before it, so the row always says what the whole set of events says, whatever order
+they arrived in. Each event's outcome is recomputed with the fold, so an invoice that arrived
+before its subscription turns from ``pending`` to ``applied`` when the subscription arrives.
 
-A subscription event made stale only by an invoice event (which carries no period) still brings
-a later billing period: a renewal delivered after its invoice must not leave the old period end.
-
-Outcomes: ``applied``, ``stale`` (older than what we hold), ``ignored`` (a type we do not act on,
-or an invoice without a subscription), ``pending`` (an invoice for a subscription we hold no
-snapshot of yet), ``unmatched`` (stored, but we cannot tell whose it is yet).
+Outcomes (``billing.fold``): ``applied``, ``ignored`` (with the reason in ``detail``), ``pending``
+(waits for the subscription's own event), ``unmatched`` (we cannot tell whose it is yet),
+``failed`` (recorded by the service when applying raised).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing import repository as repo
-from kiban.billing.snapshot import (
-    SubscriptionSnapshot,
-    checkout_completion,
-    invoice_subscription_id,
-    object_id,
-    subscription_snapshot,
+from kiban.billing.fold import (
+    APPLIED,
+    CHECKOUT_COMPLETED_EVENT,
+    HANDLED_EVENTS,
+    IGNORED,
+    PENDING,
+    READ_EVENT,
+    SUBSCRIPTION_EVENTS,
+    UNMATCHED,
+    Delivered,
+    Folded,
+    fold,
 )
-from kiban.billing.state import ENDED_STATUSES, RENEWING_STATUSES, state_of
+from kiban.billing.snapshot import checkout_completion, invoice_subscription_id, object_id
+from kiban.billing.state import state_of
 from kiban.billing.webhooks import StripeEvent
 from kiban.core import clock
-from kiban.models.billing import BillingSubscription
+from kiban.models.billing import BillingSubscription, WebhookEvent
 
 log = structlog.get_logger("kiban.billing")
 
-SUBSCRIPTION_EVENTS = frozenset(
-    {
-        "customer.subscription.created",
-        "customer.subscription.updated",
-        "customer.subscription.deleted",
-        # Optional to enable: they carry the whole subscription like the three above.
-        "customer.subscription.paused",
-        "customer.subscription.resumed",
-    }
-)
-# Stripe sends both for a paid invoice; localstripe and older integrations only the second.
-INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
-INVOICE_FAILED_EVENT = "invoice.payment_failed"
-CHECKOUT_COMPLETED_EVENT = "checkout.session.completed"
-INVOICE_EVENTS = INVOICE_PAID_EVENTS | {INVOICE_FAILED_EVENT}
-HANDLED_EVENTS = SUBSCRIPTION_EVENTS | INVOICE_EVENTS | {CHECKOUT_COMPLETED_EVENT}
 
-_LIFECYCLE_RANK = {
-    "incomplete": 0,
-    "trialing": 1,
-    "active": 1,
-    "past_due": 1,
-    "unpaid": 2,
-    "paused": 2,
-    "canceled": 3,
-    "incomplete_expired": 3,
-}
+@dataclass(frozen=True)
+class Applied:
+    """What applying an event did: its outcome, and why when that is not obvious."""
+
+    outcome: str
+    detail: str | None = None
 
 
 def subscription_id_of(event: StripeEvent) -> str | None:
     """The subscription an event is about, if any (stored on the inbox row)."""
-    if event.type in SUBSCRIPTION_EVENTS:
+    if event.type in SUBSCRIPTION_EVENTS or event.type == READ_EVENT:
         return object_id(event.object.get("id"))
     if event.type.startswith("invoice."):
         return invoice_subscription_id(event.object)
@@ -78,163 +65,120 @@ def subscription_id_of(event: StripeEvent) -> str | None:
     return None
 
 
-async def apply_event(session: AsyncSession, event: StripeEvent, grace: timedelta) -> str:
-    """Apply the event; returns the outcome recorded in the inbox."""
-    if event.type in SUBSCRIPTION_EVENTS:
-        return await _on_subscription(session, event, grace)
-    if event.type in INVOICE_EVENTS:
-        return await _on_invoice(session, event, grace)
-    if event.type == CHECKOUT_COMPLETED_EVENT:
-        return await _on_checkout_completed(session, event, grace)
-    return "ignored"
+async def apply_event(session: AsyncSession, event: StripeEvent, grace: timedelta) -> Applied:
+    """Apply an event already in the inbox and record its outcome there."""
+    if event.type not in HANDLED_EVENTS:
+        result = Applied(IGNORED, "kiban does not act on this event type")
+    else:
+        user_id = None
+        if event.type == CHECKOUT_COMPLETED_EVENT:
+            user_id = await _link_checkout(session, event, grace)
+        subscription_id = subscription_id_of(event)
+        if subscription_id is not None:
+            outcomes = await refold(session, subscription_id, grace)
+            return outcomes[event.id]
+        if event.type != CHECKOUT_COMPLETED_EVENT:
+            result = Applied(IGNORED, "the event names no subscription")
+        elif user_id is None:
+            result = Applied(UNMATCHED, "no user matches the session")
+        else:
+            result = Applied(IGNORED, "a one-off payment, not a subscription")
+    await repo.mark_event(session, event.id, result.outcome, result.detail)
+    return result
 
 
-def _event_time(event: StripeEvent) -> datetime:
-    return datetime.fromtimestamp(event.created, UTC)
+def delivered(row: WebhookEvent) -> Delivered:
+    """An inbox row as the fold reads it."""
+    data = row.payload.get("data") if isinstance(row.payload, Mapping) else None
+    obj: Any = data.get("object") if isinstance(data, Mapping) else None
+    return Delivered(
+        row.stripe_event_id,
+        row.type,
+        row.created,
+        obj if isinstance(obj, Mapping) else {},
+        received=row.id,
+    )
 
 
-def _is_stale(row: BillingSubscription, event: StripeEvent, new_status: str | None) -> bool:
-    last = row.last_event_created
-    if last is None or event.created > last:
-        return False
-    if event.created < last:
-        return True
-    if event.type == "customer.subscription.created" and row.stripe_status is not None:
-        return True
-    if new_status is None or row.stripe_status is None:
-        return False
-    return _LIFECYCLE_RANK.get(new_status, 1) < _LIFECYCLE_RANK.get(row.stripe_status, 1)
+async def refold(
+    session: AsyncSession, subscription_id: str, grace: timedelta
+) -> dict[str, Applied]:
+    """Fold the subscription's events again, store the result and every event's outcome."""
+    row = await repo.lock_subscription(session, subscription_id)
+    events = await repo.subscription_events(session, subscription_id)
+    folded = fold(delivered(event) for event in events)
+    _store(row, folded, grace)
+    if row.user_id is None:
+        row.user_id = await _resolve_user(session, folded)
+    outcomes = {
+        event_id: _final(outcome, why, folded, row)
+        for event_id, (outcome, why) in folded.outcomes.items()
+    }
+    for event in events:
+        result = outcomes[event.stripe_event_id]
+        if (event.outcome, event.detail) != (result.outcome, result.detail):
+            await repo.mark_event(session, event.stripe_event_id, result.outcome, result.detail)
+    return outcomes
 
 
-async def _link_user(
-    session: AsyncSession, row: BillingSubscription, customer_id: str | None, hint: str | None
-) -> None:
-    if customer_id and row.stripe_customer_id is None:
-        row.stripe_customer_id = customer_id
-    if row.user_id is not None:
-        return
-    user_id: uuid.UUID | None = None
-    if row.stripe_customer_id:
-        user_id = await repo.user_id_of_customer(session, row.stripe_customer_id)
-    row.user_id = user_id or await repo.existing_user_id(session, hint)
-
-
-def _stamp(row: BillingSubscription, created: int, event_id: str, grace: timedelta) -> None:
-    row.last_event_created = max(created, row.last_event_created or 0)
-    row.last_event_id = event_id
+def _store(row: BillingSubscription, folded: Folded, grace: timedelta) -> None:
+    row.stripe_status = folded.status
+    row.price_id = folded.price_id
+    row.current_period_start = folded.current_period_start
+    row.current_period_end = folded.current_period_end
+    row.cancel_at_period_end = folded.cancel_at_period_end
+    row.ended_at = folded.ended_at
+    row.past_due_since = folded.past_due_since
+    row.stripe_customer_id = row.stripe_customer_id or folded.customer_id
+    row.last_event_created = folded.newest.created if folded.newest else None
+    row.last_event_id = folded.newest.id if folded.newest else None
     row.state = state_of(row, clock.now(), grace)
     row.updated_at = clock.now()
 
 
-def apply_snapshot(
-    row: BillingSubscription,
-    snap: SubscriptionSnapshot,
-    *,
-    created: int,
-    event_id: str,
-    grace: timedelta,
-) -> None:
-    """Make the row say what the snapshot says (the caller checked it is not stale)."""
-    if snap.status == "past_due":
-        if row.stripe_status != "past_due" or row.past_due_since is None:
-            row.past_due_since = datetime.fromtimestamp(created, UTC)
-    else:
-        row.past_due_since = None
-    row.stripe_status = snap.status
-    row.price_id = snap.price_id or row.price_id
-    row.current_period_start = snap.current_period_start or row.current_period_start
-    row.current_period_end = snap.current_period_end or row.current_period_end
-    row.cancel_at_period_end = snap.cancel_at_period_end
-    row.ended_at = snap.ended_at
-    _stamp(row, created, event_id, grace)
+def _final(outcome: str, why: str | None, folded: Folded, row: BillingSubscription) -> Applied:
+    if outcome == IGNORED:
+        return Applied(IGNORED, why)
+    if folded.status is None:
+        return Applied(PENDING, "waiting for an event that carries the subscription")
+    if outcome == PENDING:
+        return Applied(IGNORED, "older than the first state of the subscription held here")
+    if row.user_id is None:
+        customer = row.stripe_customer_id or "unknown"
+        return Applied(UNMATCHED, f"no user is known for customer {customer}")
+    return Applied(APPLIED)
 
 
-async def _on_subscription(session: AsyncSession, event: StripeEvent, grace: timedelta) -> str:
-    snap = subscription_snapshot(event.object)
-    if snap is None:
-        return "ignored"
-    row = await repo.lock_subscription(session, snap.id)
-    await _link_user(session, row, snap.customer_id, snap.user_id_hint)
-    if _is_stale(row, event, snap.status):
-        if await repo.event_type(session, row.last_event_id) in INVOICE_EVENTS:
-            _take_later_period(row, snap, grace)
-        return "stale"
-    apply_snapshot(row, snap, created=event.created, event_id=event.id, grace=grace)
-    return "applied" if row.user_id is not None else "unmatched"
+async def _resolve_user(session: AsyncSession, folded: Folded) -> uuid.UUID | None:
+    # Our customer mapping first (set when the user started Checkout), then the user ids our
+    # Checkout sessions put on the session and the subscription's metadata.
+    if folded.customer_id:
+        user_id = await repo.user_id_of_customer(session, folded.customer_id)
+        if user_id is not None:
+            return user_id
+    for hint in folded.user_hints:
+        user_id = await repo.existing_user_id(session, hint)
+        if user_id is not None:
+            return user_id
+    return None
 
 
-def _take_later_period(
-    row: BillingSubscription, snap: SubscriptionSnapshot, grace: timedelta
-) -> None:
-    # Older than an invoice event, which moved the guard but carries no period, this can still be
-    # the first news of a new billing period: a renewal's `customer.subscription.updated`
-    # delivered after its `invoice.paid`. A period never starts before the one it follows, so the
-    # later start is the newer period whatever the delivery order.
-    start, end = snap.current_period_start, snap.current_period_end
-    if start is None or end is None or row.current_period_start is None:
-        return
-    if start > row.current_period_start:
-        row.current_period_start, row.current_period_end = start, end
-        row.state = state_of(row, clock.now(), grace)
-        row.updated_at = clock.now()
-
-
-async def _on_invoice(session: AsyncSession, event: StripeEvent, grace: timedelta) -> str:
-    sub_id = invoice_subscription_id(event.object)
-    if sub_id is None:
-        return "ignored"
-    row = await repo.lock_subscription(session, sub_id)
-    await _link_user(session, row, object_id(event.object.get("customer")), None)
-    if row.stripe_status is None:
-        return "pending"  # the subscription's own events will bring its state
-    paid = event.type in INVOICE_PAID_EVENTS
-    new_status = row.stripe_status
-    if row.stripe_status in ENDED_STATUSES - {"unpaid"}:
-        pass  # a paid or failed invoice never revives an ended subscription
-    elif paid and row.stripe_status in ("past_due", "unpaid"):
-        new_status = "active"
-    elif (
-        not paid
-        and row.stripe_status in RENEWING_STATUSES
-        and event.object.get("billing_reason") != "subscription_create"
-    ):
-        new_status = "past_due"
-    if _is_stale(row, event, new_status):
-        return "stale"
-    if new_status == "past_due" and row.stripe_status != "past_due":
-        row.past_due_since = _event_time(event)
-    elif new_status != "past_due":
-        row.past_due_since = None
-    row.stripe_status = new_status
-    _stamp(row, event.created, event.id, grace)
-    return "applied" if row.user_id is not None else "unmatched"
-
-
-async def _on_checkout_completed(
+async def _link_checkout(
     session: AsyncSession, event: StripeEvent, grace: timedelta
-) -> str:
+) -> uuid.UUID | None:
+    """Remember the session's customer as its user's; fold again what waited for it."""
     done = checkout_completion(event.object)
     user_id = await repo.existing_user_id(session, done.user_id_hint)
     if user_id is None and done.customer_id:
         user_id = await repo.user_id_of_customer(session, done.customer_id)
     if user_id is None:
         log.warning("checkout_unmatched", event_id=event.id, customer=done.customer_id)
-        return "unmatched"
+        return None
     if done.customer_id:
         stored = await repo.link_customer(session, user_id, done.customer_id)
         if stored != done.customer_id:
             log.warning("checkout_other_customer", user_id=str(user_id), customer=done.customer_id)
-    if done.subscription_id is None:
-        return "ignored"  # a one-off payment, not a subscription
-    row = await repo.lock_subscription(session, done.subscription_id)
-    row.user_id = row.user_id or user_id
-    row.stripe_customer_id = row.stripe_customer_id or done.customer_id
-    snap = subscription_snapshot(done.subscription) if done.subscription else None
-    # The session does not say what state the subscription is in (unless expanded), so it
-    # links the row to the user without moving the ordering guard.
-    if snap is not None and not _is_stale(row, event, snap.status):
-        apply_snapshot(row, snap, created=event.created, event_id=event.id, grace=grace)
-    else:
-        row.state = state_of(row, clock.now(), grace)
-        row.updated_at = clock.now()
-    return "applied"
+        for waiting in await repo.unlinked_subscription_ids(session, done.customer_id):
+            if waiting != done.subscription_id:
+                await refold(session, waiting, grace)
+    return user_id

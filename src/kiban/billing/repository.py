@@ -48,21 +48,50 @@ async def record_event(
     )
 
 
-async def mark_event(session: AsyncSession, event_id: str, outcome: str) -> None:
-    """Record what applying the event did."""
+async def mark_event(
+    session: AsyncSession, event_id: str, outcome: str, detail: str | None = None
+) -> None:
+    """Record what applying the event did (and why, where that is not obvious)."""
     await session.execute(
         update(WebhookEvent)
         .where(WebhookEvent.stripe_event_id == event_id)
-        .values(outcome=outcome, processed_at=clock.now())
+        .values(outcome=outcome, detail=detail and detail[:255], processed_at=clock.now())
     )
 
 
-async def event_type(session: AsyncSession, event_id: str | None) -> str | None:
-    """The type of an event in the inbox, if it is there."""
-    if event_id is None:
-        return None
+async def inbox_event(session: AsyncSession, event_id: str) -> WebhookEvent | None:
+    """One event of the inbox, by its Stripe id."""
     return await session.scalar(
-        select(WebhookEvent.type).where(WebhookEvent.stripe_event_id == event_id)
+        select(WebhookEvent)
+        .where(WebhookEvent.stripe_event_id == event_id)
+        .execution_options(populate_existing=True)
+    )
+
+
+async def subscription_events(session: AsyncSession, subscription_id: str) -> list[WebhookEvent]:
+    """Every inbox event about the subscription (the fold sorts them)."""
+    return list(
+        (
+            await session.scalars(
+                select(WebhookEvent)
+                .where(WebhookEvent.subscription_id == subscription_id)
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+    )
+
+
+async def unlinked_subscription_ids(session: AsyncSession, customer_id: str) -> list[str]:
+    """The customer's subscriptions that we cannot tell the user of yet."""
+    return list(
+        (
+            await session.scalars(
+                select(BillingSubscription.stripe_subscription_id).where(
+                    BillingSubscription.stripe_customer_id == customer_id,
+                    BillingSubscription.user_id.is_(None),
+                )
+            )
+        ).all()
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from kiban.auth.dependencies import CurrentUser, SettingsDep
-from kiban.billing import service
+from kiban.billing import inbox, service
 from kiban.billing.dependencies import PlanCatalogDep, StripeGatewayDep
 from kiban.billing.schemas import (
     CheckoutIn,
@@ -79,11 +79,12 @@ async def checkout_cancel() -> ReturnOut:
 async def webhook(request: Request, settings: SettingsDep) -> WebhookOut:
     """Receive a Stripe event: verified, recorded once, applied once (duplicates get 200)."""
     payload = await request.body()
-    receipt = await service.receive_webhook(
+    receipt = await inbox.receive_webhook(
         request.app.state.sessionmaker,
         settings,
         payload,
         request.headers.get("stripe-signature"),
+        service.grace(settings),
     )
     request.scope.setdefault("state", {}).setdefault("log_fields", {}).update(
         stripe_event=receipt.event_id, stripe_event_type=receipt.type

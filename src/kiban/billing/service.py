@@ -1,29 +1,21 @@
-"""Billing use cases: Checkout, the Customer Portal, the subscription view, webhook receipt."""
+"""Billing use cases: Checkout, the Customer Portal, the subscription view (webhooks: inbox)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import structlog
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing import exceptions as exc
 from kiban.billing import repository as repo
 from kiban.billing import state
-from kiban.billing.handlers import apply_event, subscription_id_of
 from kiban.billing.plans import Plan, PlanCatalog
 from kiban.billing.stripe_gateway import StripeGateway
-from kiban.billing.webhooks import StripeEvent, parse_event, verify_signature
 from kiban.core import clock
-from kiban.core.db import session_scope
 from kiban.models import User
 from kiban.models.billing import BillingSubscription, SubscriptionState
 from kiban.settings import Settings
-
-log = structlog.get_logger("kiban.billing")
 
 
 def require_gateway(gateway: StripeGateway | None) -> StripeGateway:
@@ -123,67 +115,3 @@ async def subscription_view(
         current_period_end=sub.current_period_end,
         cancel_at_period_end=sub.cancel_at_period_end,
     )
-
-
-@dataclass(frozen=True)
-class Receipt:
-    event_id: str
-    type: str
-    duplicate: bool
-    outcome: str | None
-
-
-def webhook_secrets(settings: Settings) -> list[str]:
-    """The webhook signing secrets (several while rolling), or 503 webhook_not_configured."""
-    raw = (
-        settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else ""
-    )
-    secrets = [s.strip() for s in raw.split(",") if s.strip()]
-    if not secrets:
-        raise exc.WebhookNotConfigured()
-    return secrets
-
-
-def _retryable(error: DBAPIError) -> bool:
-    # Deadlock, serialization failure (PostgreSQL), or a busy SQLite: the transaction did nothing
-    # and can simply run again.
-    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-    return code in ("40P01", "40001") or "database is locked" in str(error.orig)
-
-
-async def receive_webhook(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    payload: bytes,
-    signature: str | None,
-) -> Receipt:
-    """Verify, record once in the inbox and apply, all in one transaction per event."""
-    secrets = webhook_secrets(settings)
-    verify_signature(
-        payload, signature, secrets, tolerance=settings.stripe_webhook_tolerance_seconds
-    )
-    event = parse_event(payload)
-    for attempt in range(4):
-        try:
-            return await _record_and_apply(sessionmaker, event, grace(settings))
-        except DBAPIError as e:
-            if attempt == 3 or not _retryable(e):
-                raise
-            log.warning("webhook_retry", event_id=event.id, attempt=attempt + 1, error=str(e.orig))
-            await asyncio.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-async def _record_and_apply(
-    sessionmaker: async_sessionmaker[AsyncSession], event: StripeEvent, grace: timedelta
-) -> Receipt:
-    async with session_scope(sessionmaker) as session:
-        # The insert comes first: it is the lock (PostgreSQL waits on the unique key, SQLite's
-        # writer lock is taken now), and a duplicate stops here, before any read.
-        if not await repo.record_event(session, event, subscription_id_of(event)):
-            log.info("webhook_duplicate", event_id=event.id, type=event.type)
-            return Receipt(event.id, event.type, duplicate=True, outcome=None)
-        outcome = await apply_event(session, event, grace)
-        await repo.mark_event(session, event.id, outcome)
-    log.info("webhook_applied", event_id=event.id, type=event.type, outcome=outcome)
-    return Receipt(event.id, event.type, duplicate=False, outcome=outcome)

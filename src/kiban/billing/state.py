@@ -3,13 +3,15 @@
 States (``SubscriptionState``)::
 
     FREE      never paid: no snapshot yet, or the first payment is incomplete
-    PRO       active or trialing, and will renew
+    TRIALING  in its trial, and will renew into a paid period
+    ACTIVE    paid, and will renew
     PAST_DUE  a renewal payment failed; access for a grace period, never past the period's end
     CANCELED  will not renew (cancel_at_period_end); access until current_period_end
     EXPIRED   access has ended (period over, grace over, or Stripe ended the subscription)
 
-Paid access holds exactly when the state allows it (PRO, PAST_DUE, CANCELED) and the access
-window (``access_ends_at``) is still ahead of ``now``: Stripe's status alone never grants access.
+Paid access holds exactly when the state allows it (TRIALING, ACTIVE, PAST_DUE, CANCELED) and the
+access window (``access_ends_at``) is still ahead of ``now``: Stripe's status alone never grants
+access.
 The state is derived from the stored snapshot and the time, so expiry applies on every read
 without a write on the request path; ``expire_due`` (``kiban billing expire``) persists it.
 """
@@ -23,16 +25,18 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.billing.fold import RENEWING_STATUSES
 from kiban.core import clock
 from kiban.models.billing import BillingSubscription, SubscriptionState
 
 PAID_STATES = frozenset(
-    {SubscriptionState.PRO, SubscriptionState.PAST_DUE, SubscriptionState.CANCELED}
+    {
+        SubscriptionState.TRIALING,
+        SubscriptionState.ACTIVE,
+        SubscriptionState.PAST_DUE,
+        SubscriptionState.CANCELED,
+    }
 )
-RENEWING_STATUSES = frozenset({"active", "trialing"})
-# Stripe statuses in which the subscription has ended or gives nothing (paused: a trial ended
-# without a payment method).
-ENDED_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired", "paused"})
 
 
 def access_ends_at(
@@ -63,10 +67,12 @@ def derive_state(
     if stripe_status is None or stripe_status == "incomplete":
         return SubscriptionState.FREE
     if stripe_status in RENEWING_STATUSES:
-        state = SubscriptionState.CANCELED if cancel_at_period_end else SubscriptionState.PRO
+        renewing = SubscriptionState(stripe_status)  # TRIALING or ACTIVE
+        state = SubscriptionState.CANCELED if cancel_at_period_end else renewing
     elif stripe_status == "past_due":
         state = SubscriptionState.PAST_DUE
-    else:  # ENDED_STATUSES, and any status Stripe adds later: no access until we know better
+    else:  # canceled, unpaid, incomplete_expired, paused (a trial ended without a payment
+        # method), and any status Stripe adds later: no access until we know better
         return SubscriptionState.EXPIRED
     ends = access_ends_at(
         state=state,
@@ -140,11 +146,18 @@ async def paid_subscription(
 async def latest_subscription(
     session: AsyncSession, user_id: uuid.UUID
 ) -> BillingSubscription | None:
-    """The user's most recently changed subscription, whatever its state."""
+    """The user's subscription with the newest event in Stripe's order, whatever its state.
+
+    Ordered by Stripe's time, not ours: which subscription a user sees must not depend on the
+    order their events arrived in.
+    """
     return await session.scalar(
         select(BillingSubscription)
         .where(BillingSubscription.user_id == user_id)
-        .order_by(BillingSubscription.updated_at.desc(), BillingSubscription.id.desc())
+        .order_by(
+            BillingSubscription.last_event_created.desc().nulls_last(),
+            BillingSubscription.stripe_subscription_id.desc(),
+        )
         .limit(1)
     )
 

@@ -18,7 +18,8 @@ class SubscriptionState(StrEnum):
     """What a subscription means for access (``billing.state`` decides the transitions)."""
 
     FREE = "free"  # never paid (no subscription yet, or its first payment is incomplete)
-    PRO = "pro"  # active or trialing, renews
+    TRIALING = "trialing"  # in its trial, renews into a paid period
+    ACTIVE = "active"  # paid, renews
     PAST_DUE = "past_due"  # a payment failed; access kept for a grace period within the period
     CANCELED = "canceled"  # will not renew; access until current_period_end
     EXPIRED = "expired"  # access has ended
@@ -37,7 +38,7 @@ class BillingCustomer(Base):
 
 
 class BillingSubscription(Base):
-    """One Stripe subscription as we last understood it, and the access state derived from it."""
+    """One Stripe subscription, folded from its events, and the access state derived from it."""
 
     __tablename__ = "billing_subscriptions"
 
@@ -58,7 +59,7 @@ class BillingSubscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
     past_due_since: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Ordering guard: Stripe's ``created`` (unix seconds) of the newest event applied here.
+    # The newest event of the fold, in Stripe's order (``created`` in unix seconds).
     last_event_created: Mapped[int | None] = mapped_column(BigInteger, default=None)
     last_event_id: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
@@ -76,8 +77,10 @@ class WebhookEvent(Base):
     type: Mapped[str] = mapped_column(String(128), index=True)
     created: Mapped[int] = mapped_column(BigInteger)  # Stripe's unix seconds
     livemode: Mapped[bool] = mapped_column(default=False)
-    # What applying it did: applied, stale, ignored, unmatched.
-    outcome: Mapped[str | None] = mapped_column(String(32), default=None)
+    # What applying it did (``billing.fold``): applied, ignored, pending, unmatched, failed;
+    # ``detail`` says why where that is not obvious (the reason it is ignored, the error).
+    outcome: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
+    detail: Mapped[str | None] = mapped_column(String(255), default=None)
     subscription_id: Mapped[str | None] = mapped_column(String(255), index=True, default=None)
     received_at: Mapped[datetime] = mapped_column(default=clock.now)
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
