@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright).
 
 Served by uvicorn on a free loopback port; the figures on the cards are computed here from the
-seeded records. Set ``KIBAN_DASHBOARD_SCREENSHOT=path.png`` to keep the screenshot (the README's
-image is made this way).
+seeded records, and no page may log a console error or fail a request (the favicon included).
+Set ``KIBAN_DASHBOARD_SCREENSHOT=path.png`` to keep the screenshot (the README's image is made
+this way).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi import FastAPI
@@ -25,6 +27,9 @@ from kiban.core import clock
 from kiban.models import UsageRecord, User
 from tests.admin.conftest import make_records, seed
 from tests.conftest import DEFAULT_PASSWORD, create_user, skip_unless_required
+
+if TYPE_CHECKING:
+    from playwright.async_api import ConsoleMessage, Frame, Page, Request, Response
 
 pytestmark = pytest.mark.browser
 
@@ -112,6 +117,70 @@ def png_is_blank(data: bytes) -> bool:
     return len(set(pixels)) < 16
 
 
+ICON_WAIT_SECONDS = 5.0
+
+
+def _is_icon(url: str) -> bool:
+    return "favicon" in url.rsplit("/", 1)[-1]
+
+
+class Problems:
+    """What the browser reported going wrong on a page: console errors, script errors, requests
+    that failed or were answered with an error status."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.found: list[str] = []
+        self.icons: list[int] = []  # the status of each icon the pages fetched
+        self._icon_done = asyncio.Event()
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self._add(f"script error: {error}"))
+        page.on("requestfailed", self._failed)
+        page.on("requestfinished", self._finished)
+        page.on("response", self._response)
+        page.on("framenavigated", self._navigated)
+
+    def _add(self, problem: str) -> None:
+        self.found.append(f"{problem} (on {self.page.url})")
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self._add(f"console error: {message.text} [{message.location.get('url')}]")
+
+    def _failed(self, request: Request) -> None:
+        self._add(f"request failed: {request.method} {request.url} ({request.failure})")
+        if _is_icon(request.url):
+            self._icon_done.set()
+
+    def _finished(self, request: Request) -> None:
+        if _is_icon(request.url):
+            self._icon_done.set()
+
+    def _response(self, response: Response) -> None:
+        if _is_icon(response.url):
+            self.icons.append(response.status)
+        if response.status >= 400:
+            self._add(f"HTTP {response.status}: {response.request.method} {response.url}")
+
+    def _navigated(self, frame: Frame) -> None:
+        if frame == self.page.main_frame:
+            self._icon_done.clear()
+
+    async def settled(self) -> list[str]:
+        """The problems so far, once the page is done with its icon.
+
+        Chromium asks for the icon after the page has loaded, so its error would come after the
+        page looked finished. Waiting for that one request is quicker than waiting for the
+        network to be idle (half a second of silence), which stays the fallback should the
+        browser keep the icon of an earlier page.
+        """
+        try:
+            await asyncio.wait_for(self._icon_done.wait(), ICON_WAIT_SECONDS)
+        except TimeoutError:
+            await self.page.wait_for_load_state("networkidle")
+        return self.found
+
+
 async def test_admin_signs_in_sees_figures_filters_and_screenshots(
     served: str, browser: object, admin: User, seeded: list[UsageRecord], tmp_path: Path
 ) -> None:
@@ -120,10 +189,12 @@ async def test_admin_signs_in_sees_figures_filters_and_screenshots(
     assert isinstance(browser, Browser)
     page = await browser.new_page(viewport={"width": 1360, "height": 900})
     page.set_default_timeout(15_000)
+    problems = Problems(page)
 
     # Signed out: the dashboard sends the browser to the sign-in form.
     await page.goto(f"{served}/admin")
     assert "/login" in page.url
+    assert await problems.settled() == []
     await page.fill("input[name=email]", admin.email)
     await page.fill("input[name=password]", DEFAULT_PASSWORD)
     await page.click("button[type=submit]")
@@ -133,6 +204,7 @@ async def test_admin_signs_in_sees_figures_filters_and_screenshots(
     tokens = sum(r.total_tokens for r in seeded)
     cost = sum((r.estimated_cost for r in seeded if r.estimated_cost is not None), Decimal(0))
     errors = sum(1 for r in seeded if r.status == "error")
+    await expect(page.locator("[data-metric=users] .value")).to_have_text("5")
     await expect(page.locator("[data-metric=requests] .value")).to_have_text(f"{requests:,}")
     await expect(page.locator("[data-metric=tokens] .value")).to_have_text(f"{tokens:,}")
     await expect(page.locator("[data-metric=cost] .value")).to_have_text(_usd(cost))
@@ -141,6 +213,7 @@ async def test_admin_signs_in_sees_figures_filters_and_screenshots(
     )
     assert await page.locator("svg.chart").count() >= 5
     assert await page.locator("[data-table=top-users] tbody tr").count() == 5
+    assert await problems.settled() == []
 
     shot = await page.screenshot(full_page=True)
     await asyncio.to_thread((tmp_path / "dashboard.png").write_bytes, shot)
@@ -149,9 +222,16 @@ async def test_admin_signs_in_sees_figures_filters_and_screenshots(
     if target := os.environ.get("KIBAN_DASHBOARD_SCREENSHOT"):
         await asyncio.to_thread(Path(target).write_bytes, shot)
 
+    # One user's page, from the top users.
+    await page.click("[data-table=top-users] tbody tr:first-child a")
+    await page.wait_for_url(f"{served}/admin/accounts/*")
+    await expect(page.locator("[data-metric=quota]")).to_be_visible()
+    assert await problems.settled() == []
+
     # The usage log, filtered to errors through the form.
     await page.click("a[href='/admin/requests']")
     await page.wait_for_url(f"{served}/admin/requests")
+    assert await problems.settled() == []
     await page.select_option("select[name=status]", "error")
     await page.click("form[data-form=filters] button[type=submit]")
     await page.wait_for_url("**/admin/requests?*status=error*")
@@ -159,3 +239,25 @@ async def test_admin_signs_in_sees_figures_filters_and_screenshots(
     await expect(rows).to_have_count(min(errors, 50))
     statuses = await rows.evaluate_all("rs => rs.map(r => r.dataset.status)")
     assert set(statuses) == {"error"}
+    assert await problems.settled() == []
+
+    # The admin's own account page.
+    await page.click("a[href='/account']")
+    await page.wait_for_url(f"{served}/account")
+    await expect(page.locator("[data-table=api-keys]")).to_be_visible()
+    assert await problems.settled() == []
+
+    # The pages fetched their icon; /favicon.ico (asked for by browsers regardless) is an image
+    # this browser decodes.
+    assert problems.icons
+    assert set(problems.icons) == {200}
+    size = await page.evaluate(
+        """async () => {
+            const icon = new Image();
+            icon.src = "/favicon.ico";
+            await icon.decode();
+            return [icon.naturalWidth, icon.naturalHeight];
+        }"""
+    )
+    assert min(size) > 0
+    assert problems.found == []
