@@ -23,6 +23,24 @@ from kiban.settings import Settings
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef0123456789abcdef"
 PRO_PRICE = "price_kiban_pro_monthly"
+PRO_YEARLY = "price_kiban_pro_yearly"
+TEAM_PRICE = "price_kiban_team_monthly"
+TEAM_YEARLY = "price_kiban_team_yearly"
+TEAM_PLAN = f"""
+[plans.team]
+display_name = "Team"
+monthly_tokens = 20_000_000
+requests_per_minute = 600
+models = ["*"]
+max_tokens = 16_384
+max_prompt_tokens = 128_000
+stripe_price_ids = ["{TEAM_PRICE}", "{TEAM_YEARLY}"]
+
+[plans.team.documents]
+max_documents = 5_000
+max_document_bytes = 50_000_000
+max_total_bytes = 10_000_000_000
+"""
 
 
 def sign(payload: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
@@ -40,6 +58,16 @@ def write_plans_file(directory: Path) -> Path:
     assert sep, "the shipped plans file changed shape"
     path = directory / "plans.toml"
     path.write_text(head + f'stripe_price_ids = ["{PRO_PRICE}"]' + tail)
+    return path
+
+
+def write_team_plans_file(directory: Path) -> Path:
+    """The shipped plans with monthly and yearly prices for ``pro``, and a ``team`` plan."""
+    text = DEFAULT_PLANS_FILE.read_text()
+    head, sep, tail = text.rpartition("stripe_price_ids = []")
+    assert sep, "the shipped plans file changed shape"
+    path = directory / "plans.toml"
+    path.write_text(head + f'stripe_price_ids = ["{PRO_PRICE}", "{PRO_YEARLY}"]' + tail + TEAM_PLAN)
     return path
 
 
