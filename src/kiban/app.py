@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from kiban.admin import users as admin_users
     from kiban.admin.pages import STATIC_DIR as ADMIN_STATIC_DIR
     from kiban.auth import router as auth
+    from kiban.billing import admin_router as billing_admin
     from kiban.billing import router as billing
     from kiban.gateway import quota_router, v1_router
     from kiban.gateway import router as ai_router
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_account.router)
     app.mount("/admin/static", StaticFiles(directory=ADMIN_STATIC_DIR), name="admin-static")
     app.include_router(billing.router)
+    app.include_router(billing_admin.router)
     app.include_router(quota_router.router)
     app.include_router(knowledge.router)
     app.include_router(ai_router.router)

@@ -109,16 +109,18 @@ def snapshot_of(event: Delivered) -> SubscriptionSnapshot | None:
     return None
 
 
-def stripe_order(event: Delivered) -> tuple[int, int, int, int, int]:
+def stripe_order(
+    event: Delivered, snap: SubscriptionSnapshot | None
+) -> tuple[int, int, int, int, int]:
     """The sort key of Stripe's order: ``created``, then tie rules for events of one second.
 
-    In one second: a reconcile read comes first (an event of the read's own second may be newer
-    than the read); a status never moves backwards in the lifecycle; then ``_TYPE_RANK``. Two
-    events those rules cannot order keep the order they arrived in: Stripe's real same-second
-    pairs (an invoice and the subscription update it causes) agree, so this decides only
-    hand-made sequences, and ``kiban billing reconcile`` repairs a tie decided wrongly.
+    ``snap`` is the subscription object the event carries (``snapshot_of``). In one second: a
+    reconcile read comes first (an event of the read's own second may be newer than the read);
+    a status never moves backwards in the lifecycle; then ``_TYPE_RANK``. Two events those
+    rules cannot order keep the order they arrived in: Stripe's real same-second pairs (an
+    invoice and the subscription update it causes) agree, so this decides only hand-made
+    sequences, and ``kiban billing reconcile`` repairs a tie decided wrongly.
     """
-    snap = snapshot_of(event)
     rank = _LIFECYCLE_RANK.get(snap.status, 1) if snap is not None else 1
     return (
         event.created,
@@ -143,8 +145,9 @@ class Folded:
     customer_id: str | None = None
     user_hints: list[str] = field(default_factory=list)  # user ids our Checkout put on objects
     newest: Delivered | None = None  # the last event in the order that was not ignored
-    # Event id -> (outcome, why): APPLIED, IGNORED, or PENDING for an event that came (in the
-    # order) before any subscription object. ``handlers`` turns these into final outcomes.
+    # Event id -> (outcome, why): APPLIED, IGNORED, FAILED (its payload could not be read), or
+    # PENDING for an event that came (in the order) before any subscription object.
+    # ``handlers`` turns these into final outcomes.
     outcomes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
@@ -184,14 +187,24 @@ def _take_invoice(state: Folded, event: Delivered) -> str | None:
     return None  # past_due or unpaid already: the first failure's time stands
 
 
+def _read(event: Delivered) -> tuple[SubscriptionSnapshot | None, str | None]:
+    # A payload our readers cannot make sense of fails alone, not its whole subscription.
+    try:
+        return snapshot_of(event), None
+    except Exception as e:  # the reason is kept on the event, for its operator
+        return None, f"{type(e).__name__}: {e}"
+
+
 def fold(events: Iterable[Delivered]) -> Folded:
     """The subscription's state from its events, in Stripe's order (duplicates count once)."""
-    unique = {event.id: event for event in events}
+    read = {event.id: (event, *_read(event)) for event in events}
     state = Folded()
-    for event in sorted(unique.values(), key=stripe_order):
+    for event, snap, error in sorted(read.values(), key=lambda r: stripe_order(r[0], r[1])):
+        if error is not None:
+            state.outcomes[event.id] = (FAILED, error)
+            continue
         customer = object_id(event.object.get("customer"))
         why: str | None = None
-        snap = snapshot_of(event)
         if event.type == CHECKOUT_COMPLETED_EVENT:
             hint = checkout_completion(event.object).user_id_hint
             if hint:

@@ -27,6 +27,7 @@ from kiban.billing import repository as repo
 from kiban.billing.fold import (
     APPLIED,
     CHECKOUT_COMPLETED_EVENT,
+    FAILED,
     HANDLED_EVENTS,
     IGNORED,
     PENDING,
@@ -137,8 +138,8 @@ def _store(row: BillingSubscription, folded: Folded, grace: timedelta) -> None:
 
 
 def _final(outcome: str, why: str | None, folded: Folded, row: BillingSubscription) -> Applied:
-    if outcome == IGNORED:
-        return Applied(IGNORED, why)
+    if outcome in (IGNORED, FAILED):
+        return Applied(outcome, why)
     if folded.status is None:
         return Applied(PENDING, "waiting for an event that carries the subscription")
     if outcome == PENDING:
