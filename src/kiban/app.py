@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from kiban import health
     from kiban.admin import account as admin_account
+    from kiban.admin import billing_page as admin_billing
     from kiban.admin import dashboard as admin_dashboard
     from kiban.admin import metrics as ops_metrics
     from kiban.admin import router as admin_analytics
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_analytics.router)
     app.include_router(ops_metrics.router)
     app.include_router(admin_dashboard.router)
+    app.include_router(admin_billing.router)
     app.include_router(admin_account.router)
     app.mount("/admin/static", StaticFiles(directory=ADMIN_STATIC_DIR), name="admin-static")
     app.include_router(billing.router)

@@ -13,7 +13,7 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,10 +23,18 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kiban.billing import repository as billing_repo
 from kiban.core import clock
 from kiban.models import UsageRecord, User
+from kiban.settings import Settings
 from tests.admin.conftest import make_records, seed
-from tests.conftest import DEFAULT_PASSWORD, create_user, skip_unless_required
+from tests.billing.conftest import (
+    WEBHOOK_SECRET,
+    post_event,
+    subscription_event,
+    write_plans_file,
+)
+from tests.conftest import DEFAULT_PASSWORD, create_user, make_client, skip_unless_required
 
 if TYPE_CHECKING:
     from playwright.async_api import ConsoleMessage, Frame, Page, Request, Response
@@ -48,6 +56,14 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    # Webhooks accepted, so that the billing page has subscriptions and inbox events to show.
+    return make_settings(
+        stripe_webhook_secret=WEBHOOK_SECRET, plans_file=write_plans_file(tmp_path)
+    )
 
 
 @pytest.fixture
@@ -260,4 +276,62 @@ async def test_admin_signs_in_sees_figures_filters_and_screenshots(
         }"""
     )
     assert min(size) > 0
+    assert problems.found == []
+
+
+async def test_admin_billing_page_filters_and_reapplies_without_errors(
+    served: str, browser: object, app: FastAPI, admin: User, session: AsyncSession
+) -> None:
+    from playwright.async_api import Browser, expect
+
+    assert isinstance(browser, Browser)
+    hana = await create_user(session, email="hana@example.com")
+    period_end = clock.now() + timedelta(days=20)
+    events = [
+        subscription_event(
+            "customer.subscription.created",
+            subscription_id=sub_id,
+            customer_id=customer_id,
+            status="active",
+            created=int(clock.timestamp()),
+            period_end=period_end,
+            user_id=user_id,
+        )
+        for sub_id, customer_id, user_id in (
+            ("sub_hana", "cus_hana", str(hana.id)),
+            ("sub_later", "cus_later", None),
+        )
+    ]
+    async with make_client(app) as client:
+        for event in events:
+            assert (await post_event(client, event)).status_code == 200
+    # The unmatched subscription's customer turns out to be hana's: re-applying matches it.
+    await billing_repo.link_customer(session, hana.id, "cus_later")
+    await session.commit()
+
+    page = await browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(15_000)
+    problems = Problems(page)
+    await page.goto(f"{served}/login?next=/admin/billing")
+    await page.fill("input[name=email]", admin.email)
+    await page.fill("input[name=password]", DEFAULT_PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{served}/admin/billing")
+    await expect(page.locator("[data-table=subscriptions] tbody tr")).to_have_count(2)
+    await expect(page.locator("[data-table=inbox] tbody tr")).to_have_count(2)
+    assert await problems.settled() == []
+
+    await page.click("[data-filter=outcome] a[data-outcome=unmatched]")
+    await page.wait_for_url("**/admin/billing?outcome=unmatched")
+    rows = page.locator("[data-table=inbox] tbody tr")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_have_attribute("data-event", events[1]["id"])
+    assert await problems.settled() == []
+
+    await rows.first.locator("button", has_text="Re-apply").click()
+    await page.wait_for_url("**/admin/billing?outcome=unmatched&reapplied=*")
+    await expect(page.locator("[data-reapplied]")).to_have_attribute("data-outcome", "applied")
+    await expect(page.locator("[data-table=inbox] tbody tr td.empty")).to_be_visible()
+    assert await problems.settled() == []
+
     assert problems.found == []

@@ -15,17 +15,22 @@ from kiban.admin import analytics, quotas, top_users, usage_log, users
 from kiban.admin.analytics import Window
 from kiban.admin.charts import Line, bar_chart, line_chart
 from kiban.admin.exceptions import InvalidWindow
-from kiban.admin.pages import STATIC_DIR, endpoint_name, endpoint_path, fmt_ms, fmt_usd, render
+from kiban.admin.pages import (
+    STATIC_DIR,
+    admin_or_response,
+    endpoint_name,
+    endpoint_path,
+    fmt_ms,
+    fmt_usd,
+    render,
+)
 from kiban.admin.schemas import GroupBy, Interval, RankBy, Timeseries
 from kiban.admin.web_auth import (
     REFRESH_COOKIE,
-    Viewer,
     check_csrf,
     clear_session_cookies,
-    current_viewer,
     safe_next,
     set_session_cookies,
-    sign_in_redirect,
 )
 from kiban.auth import refresh, service
 from kiban.auth.dependencies import KeyRingDep, SessionmakerDep, SettingsDep
@@ -121,21 +126,6 @@ async def logout(
 # --- pages -------------------------------------------------------------------------------------
 
 
-async def _admin_or_response(
-    request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
-) -> tuple[Viewer | None, Response | None]:
-    viewer = await current_viewer(request, session, settings, keyring)
-    if viewer is None:
-        return None, sign_in_redirect(request)
-    if not viewer.user.is_admin:
-        context = {"title": "Admins only", "message": "This page is for administrators."}
-        page = render(
-            request, "message.html", context, settings=settings, viewer=viewer, status_code=403
-        )
-        return viewer, page
-    return viewer, None
-
-
 def _time(text: str | None, name: str) -> datetime | None:
     # Form fields arrive as text ('' when left empty; datetime-local has no seconds or zone).
     if not text or not text.strip():
@@ -204,7 +194,7 @@ async def overview(
     end: Annotated[str | None, Query(alias="to")] = None,
 ) -> Response:
     """The dashboard: users and summary cards, charts, model and endpoint mix, top users, quotas."""
-    viewer, denied = await _admin_or_response(request, session, settings, keyring)
+    viewer, denied = await admin_or_response(request, session, settings, keyring)
     if denied is not None:
         return denied
     try:
@@ -261,7 +251,7 @@ async def requests_page(
     before: Annotated[int | None, Query(ge=1, le=usage_log.MAX_ID)] = None,
 ) -> Response:
     """The usage log: every request's tokens, cost, timings, status and sources; filterable."""
-    viewer, denied = await _admin_or_response(request, session, settings, keyring)
+    viewer, denied = await admin_or_response(request, session, settings, keyring)
     if denied is not None:
         return denied
     now = clock.now()
@@ -328,7 +318,7 @@ async def user_page(
     keyring: KeyRingDep,
 ) -> Response:
     """One user: plan, quota this period, usage, and recent requests."""
-    viewer, denied = await _admin_or_response(request, session, settings, keyring)
+    viewer, denied = await admin_or_response(request, session, settings, keyring)
     if denied is not None:
         return denied
     user = await session.get(User, user_id)

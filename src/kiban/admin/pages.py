@@ -1,4 +1,4 @@
-"""Server-side pages: the Jinja2 environment, its number filters, and one ``render``."""
+"""Server-side pages: the Jinja2 environment, its filters, one ``render``, the admin guard."""
 
 from __future__ import annotations
 
@@ -9,8 +9,18 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin.web_auth import CSRF_FIELD, Viewer, csrf_token, finish, issue_csrf_cookie
+from kiban.admin.web_auth import (
+    CSRF_FIELD,
+    Viewer,
+    csrf_token,
+    current_viewer,
+    finish,
+    issue_csrf_cookie,
+    sign_in_redirect,
+)
+from kiban.auth.keys import KeyRing
 from kiban.settings import Settings
 
 PACKAGE_DIR = Path(__file__).parent
@@ -113,3 +123,19 @@ def render(
     response = templates.TemplateResponse(request, name, context, status_code=status_code)
     issue_csrf_cookie(response, request)
     return finish(response, request, settings, viewer)
+
+
+async def admin_or_response(
+    request: Request, session: AsyncSession, settings: Settings, keyring: KeyRing
+) -> tuple[Viewer | None, Response | None]:
+    """The signed-in admin, or the response to send instead (sign-in redirect, or a 403 page)."""
+    viewer = await current_viewer(request, session, settings, keyring)
+    if viewer is None:
+        return None, sign_in_redirect(request)
+    if not viewer.user.is_admin:
+        context = {"title": "Admins only", "message": "This page is for administrators."}
+        page = render(
+            request, "message.html", context, settings=settings, viewer=viewer, status_code=403
+        )
+        return viewer, page
+    return viewer, None
