@@ -1,22 +1,25 @@
-"""The dashboard's billing page (/admin/billing): subscriptions, the inbox, re-apply.
+"""The dashboard's billing page (/admin/billing) and the account page's plan and billing portal.
 
-Billing state comes from signed webhooks posted to the app, as Stripe delivers them.
+Billing state comes from signed webhooks posted to the app, as Stripe delivers them; the portal
+is Stripe's (the Checkout/Portal stub of tests/billing/servers.py, forwarding to localstripe).
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin import billing_page
+from kiban.app import create_app
 from kiban.billing import repository as billing_repo
 from kiban.billing import simulate
 from kiban.core import clock
@@ -30,6 +33,8 @@ from tests.billing.conftest import (
     subscription_event,
     write_plans_file,
 )
+from tests.billing.servers import STRIPE_KEY, CheckoutStub, LocalStripe, Served, free_port
+from tests.conftest import RunningApp, auth_headers, create_user, make_client
 
 
 @pytest.fixture
@@ -307,3 +312,154 @@ async def test_reapply_never_redirects_off_the_billing_page(
             data={"csrf_token": token, "back": back},
         )
         assert r.headers["location"] == f"/admin/billing?reapplied={event['id']}"
+
+
+# --- /account and the user page ------------------------------------------------------------------
+
+
+def _summary(page: str) -> dict[str, str]:
+    block = re.search(r'<div class="subscription".*?</div>', page, re.S)
+    assert block, page
+    fields = re.findall(r'data-field="(\w+)">([^<]*)<', block[0])
+    return {name: " ".join(value.split()) for name, value in fields}
+
+
+async def test_the_account_page_shows_plan_status_and_renewal(
+    client: httpx.AsyncClient, user: User
+) -> None:
+    end = _period_end(25)
+    await _post(client, _subscription("sub_mine", "cus_mine", user=user, period_end=end))
+    await sign_in(client, user.email, next_="/account")
+    page = await client.get("/account")
+    assert page.status_code == 200
+    assert _summary(page.text) == {
+        "plan": "Pro",
+        "status": "active",
+        "renewal": f"renews on {end:%Y-%m-%d %H:%M:%S}",
+    }
+
+
+async def test_the_account_page_says_ends_on_when_the_subscription_will_not_renew(
+    client: httpx.AsyncClient, user: User
+) -> None:
+    end = _period_end(9)
+    event = _subscription(
+        "sub_end", "cus_end", user=user, period_end=end, cancel_at_period_end=True
+    )
+    await _post(client, event)
+    await sign_in(client, user.email, next_="/account")
+    summary = _summary((await client.get("/account")).text)
+    assert summary["status"] == "canceled"
+    assert summary["renewal"] == f"ends on {end:%Y-%m-%d %H:%M:%S}"
+
+
+async def test_a_free_user_sees_the_free_plan_and_no_date(
+    client: httpx.AsyncClient, user: User
+) -> None:
+    await sign_in(client, user.email, next_="/account")
+    assert _summary((await client.get("/account")).text) == {"plan": "Free", "status": "free"}
+
+
+async def test_without_billing_the_account_page_says_so_instead_of_a_button(
+    client: httpx.AsyncClient, user: User, session: AsyncSession
+) -> None:
+    await billing_repo.link_customer(session, user.id, "cus_off")
+    await session.commit()
+    await sign_in(client, user.email, next_="/account")
+    page = await client.get("/account")
+    assert 'data-billing-message="not_configured"' in page.text
+    assert "Manage billing" not in page.text
+    # A stale form posted anyway: the account page with the reason, not a 500.
+    r = await client.post("/account/billing-portal", data={"csrf_token": _token(page.text)})
+    assert r.status_code == 503
+    assert "Billing is not configured on this server." in r.text
+
+
+@pytest.fixture(scope="module")
+def localstripe() -> Iterator[LocalStripe]:
+    server = LocalStripe()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def stripe_app(
+    localstripe: LocalStripe, make_settings: Callable[..., Settings], tmp_path: Path
+) -> AsyncIterator[tuple[FastAPI, CheckoutStub]]:
+    """The app with billing on: Stripe's API is the stub, forwarding to localstripe."""
+    stub = CheckoutStub(localstripe.url)
+    async with Served(stub.app) as stub_served:
+        settings = make_settings(
+            stripe_secret_key=STRIPE_KEY,
+            stripe_api_base=stub_served.url,
+            stripe_webhook_secret=WEBHOOK_SECRET,
+            stripe_max_network_retries=0,
+            plans_file=write_plans_file(tmp_path),
+        )
+        async with RunningApp(create_app(settings)) as app:
+            yield app, stub
+
+
+async def test_manage_billing_redirects_to_the_customer_portal(
+    stripe_app: tuple[FastAPI, CheckoutStub],
+) -> None:
+    app, stub = stripe_app
+    async with app.state.sessionmaker() as session:
+        user = await create_user(session)
+    async with make_client(app) as client:
+        await sign_in(client, user.email, next_="/account")
+        before = await client.get("/account")
+        assert 'data-billing-message="no_customer"' in before.text
+        assert "Manage billing" not in before.text
+        # Checkout creates the user's Stripe customer (in localstripe).
+        checkout = await client.post(
+            "/billing/checkout", json={"plan": "pro"}, headers=auth_headers(app, user)
+        )
+        assert checkout.status_code == 200, checkout.text
+        page = await client.get("/account")
+        assert 'data-form="billing-portal"' in page.text
+        forged = await client.post("/account/billing-portal", data={})
+        assert forged.status_code == 403
+        r = await client.post("/account/billing-portal", data={"csrf_token": _token(page.text)})
+    assert r.status_code == 303, r.text
+    assert r.headers["location"].startswith("https://billing.stripe.com/p/session/")
+    portals = [form for name, form, _ in stub.requests if name == "portal"]
+    (portal,) = portals
+    customer = next(form for name, form, _ in stub.requests if name == "checkout")["customer"]
+    assert portal["customer"] == customer
+
+
+async def test_stripe_down_shows_the_account_page_with_the_reason(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(
+        stripe_secret_key=STRIPE_KEY,
+        stripe_api_base=f"http://127.0.0.1:{free_port()}",
+        stripe_max_network_retries=0,
+        plans_file=write_plans_file(tmp_path),
+    )
+    async with RunningApp(create_app(settings)) as app, make_client(app) as client:
+        async with app.state.sessionmaker() as session:
+            user = await create_user(session)
+            await billing_repo.link_customer(session, user.id, "cus_down")
+            await session.commit()
+        await sign_in(client, user.email, next_="/account")
+        page = await client.get("/account")
+        r = await client.post("/account/billing-portal", data={"csrf_token": _token(page.text)})
+    assert r.status_code == 502
+    assert "try again" in r.text
+    assert 'role="alert"' in r.text
+
+
+async def test_the_user_page_shows_the_subscription_and_customer(
+    client: httpx.AsyncClient, admin: User, user: User, session: AsyncSession
+) -> None:
+    end = _period_end(15)
+    await _post(client, _subscription("sub_u", "cus_u", user=user, period_end=end))
+    await billing_repo.link_customer(session, user.id, "cus_u")
+    await session.commit()
+    await sign_in(client, admin.email)
+    page = await client.get(f"/admin/accounts/{user.id}")
+    assert _summary(page.text)["renewal"] == f"renews on {end:%Y-%m-%d %H:%M:%S}"
+    assert "<code>cus_u</code>" in page.text

@@ -334,4 +334,11 @@ async def test_admin_billing_page_filters_and_reapplies_without_errors(
     await expect(page.locator("[data-table=inbox] tbody tr td.empty")).to_be_visible()
     assert await problems.settled() == []
 
+    # hana's page, from the subscriptions table.
+    await page.click("nav a[href='/admin/billing']")
+    await page.wait_for_url(f"{served}/admin/billing")
+    await page.click(f"[data-table=subscriptions] a[href='/admin/accounts/{hana.id}'] >> nth=0")
+    await page.wait_for_url(f"{served}/admin/accounts/{hana.id}")
+    await expect(page.locator("[data-billing=active]")).to_be_visible()
+    assert await problems.settled() == []
     assert problems.found == []

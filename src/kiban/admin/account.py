@@ -1,4 +1,4 @@
-"""The user's own ``/account`` page: plan, quota bar, recent requests and API keys."""
+"""The user's own ``/account`` page: plan and billing, quota bar, recent requests and API keys."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from kiban.admin.pages import render
 from kiban.admin.web_auth import Viewer, check_csrf, current_viewer, finish, sign_in_redirect
 from kiban.auth import api_keys
 from kiban.auth.dependencies import KeyRingDep, SettingsDep
+from kiban.billing import service as billing
+from kiban.billing.exceptions import BillingNotConfigured, NoBillingAccount, StripeUnavailable
+from kiban.billing.stripe_gateway import StripeGateway
 from kiban.core.db import SessionDep
 from kiban.settings import Settings
 
@@ -30,7 +33,7 @@ async def _page(
     error: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    context = await account_context(session, viewer.user)
+    context = await account_context(request, session, settings, viewer.user)
     context.update(
         {
             "subject": viewer.user,
@@ -48,7 +51,7 @@ async def _page(
 async def account(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
 ) -> Response:
-    """The signed-in user's plan, quota, recent requests and API keys."""
+    """The signed-in user's plan and billing, quota, recent requests and API keys."""
     viewer = await current_viewer(request, session, settings, keyring)
     if viewer is None:
         return sign_in_redirect(request)
@@ -95,3 +98,31 @@ async def revoke_key(
         return await _page(request, session, settings, viewer, error=e.message, status_code=403)
     await api_keys.revoke_api_key(session, viewer.user, key_id)
     return finish(RedirectResponse("/account", status_code=303), request, settings, viewer)
+
+
+@router.post("/account/billing-portal")
+async def billing_portal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    keyring: KeyRingDep,
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    """Open the Stripe Customer Portal for the user's customer (a redirect to Stripe)."""
+    viewer = await current_viewer(request, session, settings, keyring)
+    if viewer is None:
+        return sign_in_redirect(request)
+    try:
+        check_csrf(request, csrf_token)
+        gateway: StripeGateway | None = getattr(request.app.state, "stripe", None)
+        url = await billing.open_portal(
+            session, billing.require_gateway(gateway), settings, viewer.user
+        )
+    except (CsrfFailed, BillingNotConfigured, NoBillingAccount) as e:
+        return await _page(
+            request, session, settings, viewer, error=e.message, status_code=e.status_code
+        )
+    except StripeUnavailable as e:
+        message = f"{e.message} Please try again in a moment."
+        return await _page(request, session, settings, viewer, error=message, status_code=502)
+    return finish(RedirectResponse(url, status_code=303), request, settings, viewer)

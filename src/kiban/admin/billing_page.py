@@ -1,4 +1,4 @@
-"""The dashboard's billing page (``/admin/billing``): subscriptions, the inbox, re-apply.
+"""The dashboard's billing page (``/admin/billing``) and the subscription summary of one user.
 
 The page reads what the JSON admin API reads (``billing.operator``): subscriptions with their
 state now, and the webhook inbox with its counts per outcome, keyset-paged. Its one form
@@ -9,6 +9,7 @@ back to the page it came from, which then says what the event's outcome is now.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -28,6 +29,8 @@ from kiban.billing.fold import FAILED, OUTCOMES, PENDING, UNMATCHED
 from kiban.billing.plans import PlanCatalog
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.models import User
+from kiban.models.billing import SubscriptionState
 from kiban.settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -43,10 +46,59 @@ OUTCOME_FILTERS = (
 )
 
 
+# --- one user's subscription (account page and user page) -------------------------------------
+
+
+@dataclass(frozen=True)
+class BillingSummary:
+    """A user's plan and subscription as the account pages show them."""
+
+    plan: str  # the plan's label
+    status: SubscriptionState
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    customer_id: str | None  # the Stripe customer, once the user has started a checkout
+    configured: bool  # whether this server talks to Stripe at all
+
+    @property
+    def period_phrase(self) -> str | None:
+        """'renews on' or 'ends on' before the period end; None where no date applies."""
+        if self.current_period_end is None or self.status in (
+            SubscriptionState.FREE,
+            SubscriptionState.EXPIRED,
+        ):
+            return None
+        if self.cancel_at_period_end or self.status is SubscriptionState.CANCELED:
+            return "ends on"
+        return "renews on"
+
+    @property
+    def can_open_portal(self) -> bool:
+        return self.configured and self.customer_id is not None
+
+
 def _catalog(request: Request) -> PlanCatalog:
     # As billing.dependencies.get_catalog: the catalog checked at start-up.
     catalog: PlanCatalog = request.app.state.plans
     return catalog
+
+
+async def billing_summary(
+    request: Request, session: AsyncSession, settings: Settings, user: User
+) -> BillingSummary:
+    """The user's plan, subscription state, period end, and whether the portal can open."""
+    catalog = _catalog(request)
+    view = await service.subscription_view(session, catalog, settings, user)
+    plan = catalog.plans.get(view.plan)
+    customer = await billing_repo.customer_of_user(session, user.id)
+    return BillingSummary(
+        plan=plan.label if plan else view.plan,
+        status=view.status,
+        current_period_end=view.current_period_end,
+        cancel_at_period_end=view.cancel_at_period_end,
+        customer_id=customer.stripe_customer_id if customer else None,
+        configured=getattr(request.app.state, "stripe", None) is not None,
+    )
 
 
 # --- the page ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from kiban.admin import analytics, quotas, top_users, usage_log, users
 from kiban.admin.analytics import Window
+from kiban.admin.billing_page import billing_summary
 from kiban.admin.charts import Line, bar_chart, line_chart
 from kiban.admin.exceptions import InvalidWindow
 from kiban.admin.pages import (
@@ -38,6 +39,7 @@ from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import AppError
 from kiban.models import User
+from kiban.settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
@@ -317,7 +319,7 @@ async def user_page(
     settings: SettingsDep,
     keyring: KeyRingDep,
 ) -> Response:
-    """One user: plan, quota this period, usage, and recent requests."""
+    """One user: plan, subscription, quota this period, usage, and recent requests."""
     viewer, denied = await admin_or_response(request, session, settings, keyring)
     if denied is not None:
         return denied
@@ -327,13 +329,15 @@ async def user_page(
         return render(
             request, "message.html", missing, settings=settings, viewer=viewer, status_code=404
         )
-    context = await account_context(session, user)
+    context = await account_context(request, session, settings, user)
     context["subject"] = user
     return render(request, "user.html", context, settings=settings, viewer=viewer)
 
 
-async def account_context(session: SessionDep, user: User) -> dict[str, Any]:
-    """What the user page and the account page both show: plan, quota, usage, recent requests."""
+async def account_context(
+    request: Request, session: SessionDep, settings: Settings, user: User
+) -> dict[str, Any]:
+    """What the user page and the account page both show: plan, subscription, quota, usage."""
     now = clock.now()
     (quota,) = await quotas.user_quotas(session, [user], now)
     period = Window(quota.entitlement.period_start, min(now, quota.entitlement.period_end))
@@ -344,4 +348,5 @@ async def account_context(session: SessionDep, user: User) -> dict[str, Any]:
         "quota": quota,
         "period_summary": await analytics.summary(session, period, user_id=user.id),
         "recent": recent.entries,
+        "billing": await billing_summary(request, session, settings, user),
     }
