@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing import repository as repo
 from kiban.billing import simulate
+from kiban.billing.inbox import reapply_waiting
+from kiban.billing.service import grace
 from kiban.core import clock
 from kiban.models import User
 from tests.billing.conftest import PRO_PRICE, post_event, subscription_event
@@ -168,3 +170,23 @@ async def test_an_unreadable_event_fails_alone_and_is_kept_for_an_operator(
     assert again.json()["outcome"] == "failed"
     view = await client.get("/billing/subscription", headers=auth_headers(app, user))
     assert view.json()["status"] == "active"
+
+
+async def test_reconcile_applies_again_what_waits(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, user: User
+) -> None:
+    now = int(clock.timestamp())
+    waiting = subscription_event(
+        "customer.subscription.created",
+        subscription_id="sub_wait",
+        customer_id="cus_wait",
+        status="active",
+        created=now,
+        period_end=clock.now() + timedelta(days=30),
+    )
+    assert (await post_event(client, waiting)).json()["outcome"] == "unmatched"
+    await repo.link_customer(session, user.id, "cus_wait")
+    await session.commit()
+    moved = await reapply_waiting(app.state.sessionmaker, grace(app.state.settings))
+    assert moved == [(waiting["id"], "unmatched", "applied")]
+    assert await reapply_waiting(app.state.sessionmaker, grace(app.state.settings)) == []
