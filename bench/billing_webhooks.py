@@ -6,7 +6,9 @@ case alike:
 
 - baseline: ``GET /healthz``
 - an unhandled event type (verify the signature, insert into the inbox, acknowledge)
-- ``customer.subscription.updated`` (the above, plus lock the subscription row and apply)
+- ``customer.subscription.updated`` (the above, plus lock the subscription row and fold its
+  events again), on subscriptions with a few events and on subscriptions with a year of them
+  (``HISTORY`` events, about five a month), since each delivery folds them all
 - a duplicate delivery (verify, the insert finds the event, acknowledge)
 
 Then a concurrent storm: ``--storm`` fresh subscription events for 200 subscriptions, a third of
@@ -70,6 +72,10 @@ def _subscription_event(n: int, created: int) -> dict[str, Any]:
     return simulate.event("customer.subscription.updated", obj, created=created)
 
 
+HISTORY = 60  # a year of a monthly subscription: renewals, invoices, a plan switch or two
+LONG_SUBSCRIPTIONS = 20
+
+
 def _unhandled() -> dict[str, Any]:
     obj = {"id": simulate.new_id("cus"), "object": "customer"}
     return simulate.event("customer.created", obj, created=int(time.time()))
@@ -112,10 +118,15 @@ async def run(n: int, storm: int, url: str, tmp: Path) -> None:
             duplicate = _unhandled()
             await post(duplicate)
             created = int(time.time()) - 10 * n
+            old = created - 10 * HISTORY
+            for k in range(HISTORY):
+                for s in range(LONG_SUBSCRIPTIONS):
+                    await post(_subscription_event(500 + s, old + 10 * k))
             cases: list[Callable[[int], Any]] = [
                 lambda i: client.get("/healthz"),
                 lambda i: post(_unhandled()),
                 lambda i: post(_subscription_event(i % 50, created + i)),
+                lambda i: post(_subscription_event(500 + i % LONG_SUBSCRIPTIONS, created + i)),
                 lambda i: post(duplicate),
             ]
             for i in range(50):  # warm up
@@ -148,7 +159,9 @@ async def run(n: int, storm: int, url: str, tmp: Path) -> None:
     print(_row("GET /healthz (baseline)", samples[0], None))
     print(_row("webhook, unhandled type (inbox)", samples[1], baseline))
     print(_row("webhook, subscription.updated", samples[2], baseline))
-    print(_row("webhook, duplicate delivery", samples[3], baseline))
+    long = f"webhook, same, {HISTORY}+ events"
+    print(_row(long, samples[3], baseline))
+    print(_row("webhook, duplicate delivery", samples[4], baseline))
     print(
         f"storm: {len(deliveries)} deliveries ({storm} events, {storm // 3} duplicates), "
         f"32 concurrent: {elapsed:.2f} s, {len(deliveries) / elapsed:.0f} deliveries/s"
