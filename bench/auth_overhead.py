@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from kiban.app import create_app
 from kiban.auth.api_keys import create_api_key
 from kiban.auth.passwords import hash_password
-from kiban.auth.tokens import issue_access_token, verify_access_token
+from kiban.auth.verify import issue_access_token, verify_access_token
 from kiban.core.db import create_engine, session_scope
 from kiban.core.migrations import upgrade
 from kiban.models import User

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from kiban.app import create_app
 from kiban.auth.passwords import hash_password
-from kiban.auth.tokens import issue_access_token
+from kiban.auth.verify import issue_access_token
 from kiban.core.db import create_engine
 from kiban.core.migrations import upgrade
 from kiban.models import Role, User

@@ -16,7 +16,7 @@ from kiban.auth.keys import load_keyring
 from kiban.billing.plans import activate as activate_plans
 from kiban.billing.plans import load_catalog
 from kiban.billing.state import configure_grace, grace_period
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
 from kiban.billing.webhooks import WEBHOOK_MAX_BYTES
 from kiban.core.body_limit import BodyLimitMiddleware
 from kiban.core.db import create_engine, create_sessionmaker
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             )
             # Domain services start here, in dependency order; each registers its own cleanup.
-            app.state.stripe = StripeGateway.from_settings(settings)
+            app.state.stripe = StripeClient.from_settings(settings)
             if app.state.stripe is not None:
                 stack.push_async_callback(app.state.stripe.aclose)
             configure_grace(grace_period(settings.billing_past_due_grace_days))

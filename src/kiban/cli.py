@@ -75,8 +75,39 @@ def migrate(revision: str = typer.Argument("heads", help="Target revision.")) ->
     typer.echo(f"migrated {shown} to {revision}")
 
 
+_DOCTOR_COLORS = {"ok": "green", "warn": "yellow", "fail": "red"}
+
+
+@app.command()
+def doctor() -> None:
+    """Check the configuration this instance depends on; exit 1 if anything is wrong."""
+    try:
+        settings = Settings()
+    except Exception as e:
+        typer.secho(f"FAIL  settings cannot be read: {e}", fg="red", err=True)
+        raise typer.Exit(1) from e
+    from kiban.doctor import run_doctor
+
+    results = asyncio.run(run_doctor(settings))
+    failures = 0
+    for name, findings in results:
+        typer.secho(name, bold=True)
+        for finding in findings:
+            failures += finding.status == "fail"
+            label = finding.status.upper() if finding.status != "ok" else "ok"
+            typer.secho(f"  {label:<5} {finding.title}", fg=_DOCTOR_COLORS[finding.status])
+            if finding.detail:
+                typer.echo(f"        {finding.detail}")
+            if finding.fix:
+                typer.echo(f"        fix: {finding.fix}")
+    if failures:
+        typer.secho(f"\n{failures} problem(s) found.", fg="red", bold=True)
+        raise typer.Exit(1)
+    typer.secho("\nNo problems found.", fg="green", bold=True)
+
+
 # Each domain contributes its commands.
-register_auth_commands(app)  # create-admin, doctor, token explain
+register_auth_commands(app)  # create-admin, token explain
 app.add_typer(billing_app, name="billing")  # expire, reconcile
 app.add_typer(stripe_app, name="stripe")  # simulate
 app.add_typer(knowledge_app, name="knowledge")  # seed, search

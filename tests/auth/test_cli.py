@@ -14,11 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
-from kiban.auth import doctor as doctor_module
 from kiban.auth.explain import explain
-from kiban.auth.tokens import issue_access_token
+from kiban.auth.verify import issue_access_token
 from kiban.cli import app as cli
 from kiban.core import clock
+from kiban.core import doctor as doctor_module
 from kiban.models import Role, User
 from tests.auth.conftest import base_claims, bearer, forge, new_api_key, sign_in, write_keys_file
 from tests.conftest import TEST_SECRET, create_user

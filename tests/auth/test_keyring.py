@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from kiban.app import create_app
 from kiban.auth.keys import load_keyring_file
-from kiban.auth.tokens import issue_access_token, verify_access_token
+from kiban.auth.verify import issue_access_token, verify_access_token
 from kiban.models import User
 from kiban.settings import ConfigurationError, Settings
 from tests.auth.conftest import assert_auth_error, base_claims, bearer, forge, pem, write_keys_file

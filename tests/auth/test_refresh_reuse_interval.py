@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.auth import refresh
-from kiban.auth.tokens import issue_access_token
+from kiban.auth.verify import issue_access_token
 from kiban.core import clock
 from kiban.models import RefreshToken, User
 from tests.auth.conftest import sign_in

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.auth.exceptions import AuthenticationError
-from kiban.auth.tokens import issue_access_token
+from kiban.auth.verify import issue_access_token
 from kiban.core import clock
 from kiban.models import User
 from tests.auth.conftest import assert_auth_error, base_claims, bearer, forge

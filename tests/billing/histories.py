@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from kiban.billing.stripe_gateway import STRIPE_API_VERSION
+from kiban.billing.stripe_client import STRIPE_API_VERSION
 
 PRO_MONTHLY = "price_kiban_pro_monthly"
 PRO_YEARLY = "price_kiban_pro_yearly"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from kiban.auth.doctor import Finding, run_doctor
+from kiban.core.doctor import Finding
+from kiban.doctor import run_doctor
 from kiban.settings import Settings
 from tests.billing.conftest import PRO_PRICE, WEBHOOK_SECRET, write_plans_file
 from tests.billing.servers import STRIPE_KEY, CheckoutStub, Served

@@ -1,4 +1,4 @@
-"""Against localstripe: our StripeGateway creates the customer and subscription, localstripe signs
+"""Against localstripe: our StripeClient creates the customer and subscription, localstripe signs
 and delivers its webhooks to kiban served on a real port, and the plan follows.
 
 Checkout and Portal sessions (which localstripe lacks) go to a small stub of those two endpoints
@@ -24,7 +24,7 @@ from kiban.billing.entitlements import resolve_entitlement
 from kiban.billing.reconcile import reconcile
 from kiban.billing.service import grace
 from kiban.billing.state import expire_due
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
 from kiban.core import clock
 from kiban.core.db import session_scope
 from kiban.models import User
@@ -50,9 +50,9 @@ class Stack:
     stripe: LocalStripe
 
     @property
-    def gateway(self) -> StripeGateway:
-        gateway: StripeGateway = self.app.state.stripe
-        return gateway
+    def client(self) -> StripeClient:
+        client: StripeClient = self.app.state.stripe
+        return client
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ async def test_full_lifecycle_against_localstripe(stack: Stack) -> None:
         # The customer pays; Stripe creates the subscription and tells us (localstripe signs and
         # delivers customer.subscription.created and invoice.payment_succeeded itself).
         await _set_card(stripe, customer_id, "pm_card_visa")
-        sub = await stack.gateway.create_subscription(
+        sub = await stack.client.create_subscription(
             customer_id=customer_id, price_id=PRO_PRICE, metadata={"user_id": str(user.id)}
         )
         sub_id = sub["id"]
@@ -270,11 +270,11 @@ async def test_full_lifecycle_against_localstripe(stack: Stack) -> None:
 
         # -> canceled at period end (the portal does this in production). localstripe sends no
         # event for it: reconcile finds the drift and repairs it.
-        await stack.gateway.set_cancel_at_period_end(sub_id, True)
+        await stack.client.set_cancel_at_period_end(sub_id, True)
         # (Two seconds on: a read in the same second as the last event defers to the event.)
         with clock.shifted(timedelta(seconds=2)):
             changes, missing, _ = await reconcile(
-                app.state.sessionmaker, stack.gateway, grace(app.state.settings)
+                app.state.sessionmaker, stack.client, grace(app.state.settings)
             )
         assert missing == []
         assert [c.subscription_id for c in changes] == [sub_id]
@@ -284,7 +284,7 @@ async def test_full_lifecycle_against_localstripe(stack: Stack) -> None:
         assert view["status"] == "canceled"
         assert view["plan"] == "pro"
         assert view["cancel_at_period_end"] is True
-        assert (await reconcile(app.state.sessionmaker, stack.gateway, grace(app.state.settings)))[
+        assert (await reconcile(app.state.sessionmaker, stack.client, grace(app.state.settings)))[
             0
         ] == []
 
@@ -309,7 +309,7 @@ async def test_subscription_deleted_in_stripe_ends_access(stack: Stack) -> None:
         await client.post("/billing/checkout", json={"plan": "pro"}, headers=headers)
         customer_id = next(f for n, f, _ in stack.stub.requests if n == "checkout")["customer"]
         await _set_card(stripe, customer_id, "pm_card_visa")
-        sub = await stack.gateway.create_subscription(customer_id=customer_id, price_id=PRO_PRICE)
+        sub = await stack.client.create_subscription(customer_id=customer_id, price_id=PRO_PRICE)
 
         async def status() -> str:
             return str((await _view(client, headers))["status"])
@@ -341,13 +341,13 @@ async def test_reconcile_command_repairs_drift_and_prints_it(
         await client.post("/billing/checkout", json={"plan": "pro"}, headers=headers)
         customer_id = next(f for n, f, _ in stack.stub.requests if n == "checkout")["customer"]
         await _set_card(stripe, customer_id, "pm_card_visa")
-        sub = await stack.gateway.create_subscription(customer_id=customer_id, price_id=PRO_PRICE)
+        sub = await stack.client.create_subscription(customer_id=customer_id, price_id=PRO_PRICE)
 
         async def status() -> str:
             return str((await _view(client, headers))["status"])
 
         await eventually(lambda: _equals(status, "active"))
-        await stack.gateway.set_cancel_at_period_end(sub["id"], True)
+        await stack.client.set_cancel_at_period_end(sub["id"], True)
         settings = app.state.settings
         for name, value in {
             "KIBAN_DATABASE_URL": database_url,

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from kiban.app import create_app
-from kiban.auth.doctor import Finding, run_doctor
 from kiban.billing import plans as plans_module
 from kiban.billing.plans import (
     active_catalog,
@@ -28,6 +27,8 @@ from kiban.billing.plans import (
 )
 from kiban.cli import app as cli
 from kiban.core import clock
+from kiban.core.doctor import Finding
+from kiban.doctor import run_doctor
 from kiban.models import User
 from kiban.models.billing import BillingCustomer
 from kiban.settings import ConfigurationError, Settings, get_settings

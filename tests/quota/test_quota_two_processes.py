@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from kiban.auth.keys import load_keyring
-from kiban.auth.tokens import issue_access_token
+from kiban.auth.verify import issue_access_token
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker

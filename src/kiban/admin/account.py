@@ -16,7 +16,7 @@ from kiban.auth import api_keys
 from kiban.auth.dependencies import KeyRingDep, SettingsDep
 from kiban.billing import service as billing
 from kiban.billing.exceptions import BillingNotConfigured, NoBillingAccount, StripeUnavailable
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
 from kiban.core.db import SessionDep
 from kiban.settings import Settings
 
@@ -114,9 +114,9 @@ async def billing_portal(
         return sign_in_redirect(request)
     try:
         check_csrf(request, csrf_token)
-        gateway: StripeGateway | None = getattr(request.app.state, "stripe", None)
+        stripe: StripeClient | None = getattr(request.app.state, "stripe", None)
         url = await billing.open_portal(
-            session, billing.require_gateway(gateway), settings, viewer.user
+            session, billing.require_stripe(stripe), settings, viewer.user
         )
     except (CsrfFailed, BillingNotConfigured, NoBillingAccount) as e:
         return await _page(

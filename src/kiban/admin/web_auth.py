@@ -26,7 +26,7 @@ from kiban.admin.exceptions import CsrfFailed
 from kiban.auth import exceptions as auth_exc
 from kiban.auth import refresh, service
 from kiban.auth.keys import KeyRing
-from kiban.auth.tokens import verify_access_token
+from kiban.auth.verify import verify_access_token
 from kiban.models import User
 from kiban.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Auth's commands: ``kiban create-admin``, ``kiban doctor``, ``kiban token explain``."""
+"""Auth's commands: ``kiban create-admin``, ``kiban token explain``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.auth import exceptions as exc
-from kiban.auth.doctor import run_doctor
 from kiban.auth.explain import FAIL, OK, WARN, Explanation, explain
 from kiban.auth.keys import load_keyring
 from kiban.auth.passwords import password_problem
@@ -20,13 +19,12 @@ from kiban.settings import ConfigurationError, Settings
 
 token_app = typer.Typer(help="Inspect tokens.", no_args_is_help=True)
 
-_COLORS = {OK: "green", FAIL: "red", WARN: "yellow", "fail": "red", "warn": "yellow", "ok": "green"}
+_COLORS = {OK: "green", FAIL: "red", WARN: "yellow"}
 
 
 def register(app: typer.Typer) -> None:
     """Add auth's commands to the ``kiban`` command."""
     app.command("create-admin")(create_admin)
-    app.command("doctor")(doctor)
     app.add_typer(token_app, name="token")
 
 
@@ -90,31 +88,6 @@ def _interactive() -> bool:
     import sys
 
     return sys.stdin.isatty()
-
-
-def doctor() -> None:
-    """Check the configuration this instance depends on; exit 1 if anything is wrong."""
-    try:
-        settings = _settings()
-    except Exception as e:
-        typer.secho(f"FAIL  settings cannot be read: {e}", fg="red", err=True)
-        raise typer.Exit(1) from e
-    results = asyncio.run(run_doctor(settings))
-    failures = 0
-    for name, findings in results:
-        typer.secho(name, bold=True)
-        for finding in findings:
-            failures += finding.status == "fail"
-            label = finding.status.upper() if finding.status != "ok" else "ok"
-            typer.secho(f"  {label:<5} {finding.title}", fg=_COLORS[finding.status])
-            if finding.detail:
-                typer.echo(f"        {finding.detail}")
-            if finding.fix:
-                typer.echo(f"        fix: {finding.fix}")
-    if failures:
-        typer.secho(f"\n{failures} problem(s) found.", fg="red", bold=True)
-        raise typer.Exit(1)
-    typer.secho("\nNo problems found.", fg="green", bold=True)
 
 
 @token_app.command("explain")

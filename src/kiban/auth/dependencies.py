@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kiban.auth import exceptions as exc
 from kiban.auth.api_keys import authenticate_api_key, looks_like_api_key
 from kiban.auth.keys import KeyRing
-from kiban.auth.tokens import verify_access_token
+from kiban.auth.verify import verify_access_token
 from kiban.core.db import SessionDep
 from kiban.models import User
 from kiban.settings import Settings

@@ -1,7 +1,7 @@
 """``kiban token explain``: why a credential is accepted or refused, one line per check.
 
 Nothing in the token is trusted: the header and claims are decoded, shown, then run through the
-same check functions the server uses (``kiban.auth.diagnosis``), against this configuration's key
+same check functions the server uses (``kiban.auth.verify``), against this configuration's key
 ring and this machine's clock. The verdict comes from ``verify_parsed`` itself, so the command
 cannot disagree with the server. Refresh tokens and API keys are explained from the database.
 """
@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.auth import diagnosis as d
 from kiban.auth import exceptions as exc
 from kiban.auth import refresh
+from kiban.auth import verify as d
 from kiban.auth.api_keys import KEY_SHAPE, hash_api_key, looks_like_api_key
 from kiban.auth.keys import KeyRing
 from kiban.core import clock

@@ -15,7 +15,7 @@ from kiban.auth import refresh, throttle
 from kiban.auth.keys import KeyRing
 from kiban.auth.passwords import DUMMY_HASH, hash_password, verify_password
 from kiban.auth.schemas import normalize_email
-from kiban.auth.tokens import issue_access_token
+from kiban.auth.verify import issue_access_token
 from kiban.core import clock
 from kiban.models import Role, User
 from kiban.settings import Settings

@@ -17,7 +17,7 @@ from kiban.billing import simulate, state
 from kiban.billing.plans import catalog_for
 from kiban.billing.reconcile import reconcile as reconcile_subscriptions
 from kiban.billing.service import grace
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
 from kiban.billing.webhooks import sign_payload
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker, session_scope
@@ -68,10 +68,10 @@ def expire() -> None:
 def reconcile() -> None:
     """Re-read subscriptions from Stripe, repair drift and apply waiting events; print changes."""
     settings = Settings()
-    gateway = StripeGateway.from_settings(settings)
-    if gateway is None:
+    found = StripeClient.from_settings(settings)
+    if found is None:
         raise _fail("KIBAN_STRIPE_SECRET_KEY is not set")
-    stripe = gateway
+    stripe = found
 
     async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> Any:
         try:

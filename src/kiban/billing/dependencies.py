@@ -1,4 +1,4 @@
-"""Typed dependencies: ``StripeGatewayDep`` (503 when billing is off) and ``PlanCatalogDep``."""
+"""Typed dependencies: ``StripeDep`` (503 when billing is off) and ``PlanCatalogDep``."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from kiban.billing.plans import PlanCatalog
-from kiban.billing.service import require_gateway
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.service import require_stripe
+from kiban.billing.stripe_client import StripeClient
 
 
-async def get_gateway(request: Request) -> StripeGateway:
-    gateway: StripeGateway | None = getattr(request.app.state, "stripe", None)
-    return require_gateway(gateway)
+async def get_stripe(request: Request) -> StripeClient:
+    stripe: StripeClient | None = getattr(request.app.state, "stripe", None)
+    return require_stripe(stripe)
 
 
 async def get_catalog(request: Request) -> PlanCatalog:
@@ -22,5 +22,5 @@ async def get_catalog(request: Request) -> PlanCatalog:
     return catalog
 
 
-StripeGatewayDep = Annotated[StripeGateway, Depends(get_gateway)]
+StripeDep = Annotated[StripeClient, Depends(get_stripe)]
 PlanCatalogDep = Annotated[PlanCatalog, Depends(get_catalog)]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kiban.auth.doctor import DoctorContext, Finding, doctor_check
 from kiban.billing.exceptions import BillingNotConfigured, StripeUnavailable
 from kiban.billing.plans import catalog_for
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
+from kiban.core.doctor import DoctorContext, Finding, doctor_check
 from kiban.settings import ConfigurationError
 
 _WEBHOOK_FIX = (
@@ -92,11 +92,11 @@ async def check_stripe(ctx: DoctorContext) -> list[Finding]:
             )
         )
         return findings
-    gateway = StripeGateway.from_settings(settings)
-    assert gateway is not None
+    stripe = StripeClient.from_settings(settings)
+    assert stripe is not None
     try:
         for plan, price in prices:
-            if await gateway.price_exists(price):
+            if await stripe.price_exists(price):
                 findings.append(Finding("ok", f"price {price} (plan {plan}) exists in Stripe"))
             else:
                 findings.append(
@@ -112,5 +112,5 @@ async def check_stripe(ctx: DoctorContext) -> list[Finding]:
             Finding("fail", "Stripe could not be asked about the prices", e.message, e.hint or "")
         )
     finally:
-        await gateway.aclose()
+        await stripe.aclose()
     return findings

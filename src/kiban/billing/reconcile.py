@@ -23,7 +23,7 @@ from kiban.billing.fold import READ_EVENT
 from kiban.billing.handlers import refold
 from kiban.billing.inbox import reapply_waiting
 from kiban.billing.snapshot import subscription_snapshot
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
 from kiban.billing.webhooks import StripeEvent
 from kiban.core import clock
 from kiban.core.db import session_scope
@@ -97,7 +97,7 @@ async def repair(
 
 
 async def reconcile(
-    sessionmaker: async_sessionmaker[AsyncSession], gateway: StripeGateway, grace: timedelta
+    sessionmaker: async_sessionmaker[AsyncSession], stripe: StripeClient, grace: timedelta
 ) -> tuple[list[Change], list[str], list[tuple[str, str, str]]]:
     """Re-read subscriptions from Stripe, repair our rows and apply again what waits.
 
@@ -110,14 +110,14 @@ async def reconcile(
     missing: list[str] = []
     for customer_id in customers:
         read_at = int(clock.timestamp())
-        for obj in await gateway.list_subscriptions(customer_id):
+        for obj in await stripe.list_subscriptions(customer_id):
             if subscription_snapshot(obj) is not None:
                 fetched[str(obj["id"])] = (obj, read_at)
     for sub_id in known:
         if sub_id in fetched:
             continue
         read_at = int(clock.timestamp())
-        current = await gateway.retrieve_subscription(sub_id)
+        current = await stripe.retrieve_subscription(sub_id)
         if current is None or subscription_snapshot(current) is None:
             missing.append(sub_id)  # another account or mode (test/live)? reported, not touched
         else:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from kiban.auth.dependencies import CurrentUser, SettingsDep
 from kiban.billing import inbox, service
-from kiban.billing.dependencies import PlanCatalogDep, StripeGatewayDep
+from kiban.billing.dependencies import PlanCatalogDep, StripeDep
 from kiban.billing.schemas import (
     CheckoutIn,
     CheckoutOut,
@@ -25,23 +25,23 @@ async def checkout(
     body: CheckoutIn,
     user: CurrentUser,
     session: SessionDep,
-    gateway: StripeGatewayDep,
+    stripe: StripeDep,
     catalog: PlanCatalogDep,
     settings: SettingsDep,
 ) -> CheckoutOut:
     """Start a Stripe Checkout session for a plan; send the user to the returned url."""
     session_id, url = await service.start_checkout(
-        session, gateway, catalog, settings, user, body.plan
+        session, stripe, catalog, settings, user, body.plan
     )
     return CheckoutOut(url=url, session_id=session_id)
 
 
 @router.post("/portal", response_model=PortalOut)
 async def portal(
-    user: CurrentUser, session: SessionDep, gateway: StripeGatewayDep, settings: SettingsDep
+    user: CurrentUser, session: SessionDep, stripe: StripeDep, settings: SettingsDep
 ) -> PortalOut:
     """Open the Stripe Customer Portal (change card, switch plan, cancel)."""
-    return PortalOut(url=await service.open_portal(session, gateway, settings, user))
+    return PortalOut(url=await service.open_portal(session, stripe, settings, user))
 
 
 @router.get("/subscription", response_model=SubscriptionOut)

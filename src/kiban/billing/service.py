@@ -11,32 +11,32 @@ from kiban.billing import exceptions as exc
 from kiban.billing import repository as repo
 from kiban.billing import state
 from kiban.billing.plans import Plan, PlanCatalog
-from kiban.billing.stripe_gateway import StripeGateway
+from kiban.billing.stripe_client import StripeClient
 from kiban.core import clock
 from kiban.models import User
 from kiban.models.billing import BillingSubscription, SubscriptionState
 from kiban.settings import Settings
 
 
-def require_gateway(gateway: StripeGateway | None) -> StripeGateway:
-    """The configured gateway, or 503 billing_not_configured."""
-    if gateway is None:
+def require_stripe(stripe: StripeClient | None) -> StripeClient:
+    """The configured Stripe client, or 503 billing_not_configured."""
+    if stripe is None:
         raise exc.BillingNotConfigured()
-    return gateway
+    return stripe
 
 
-async def ensure_customer(session: AsyncSession, gateway: StripeGateway, user: User) -> str:
+async def ensure_customer(session: AsyncSession, stripe: StripeClient, user: User) -> str:
     """The user's Stripe customer id, created in Stripe and remembered on first use."""
     existing = await repo.customer_of_user(session, user.id)
     if existing is not None:
         return existing.stripe_customer_id
-    customer_id = await gateway.create_customer(email=user.email, user_id=str(user.id))
+    customer_id = await stripe.create_customer(email=user.email, user_id=str(user.id))
     return await repo.link_customer(session, user.id, customer_id)
 
 
 async def start_checkout(
     session: AsyncSession,
-    gateway: StripeGateway,
+    stripe: StripeClient,
     catalog: PlanCatalog,
     settings: Settings,
     user: User,
@@ -53,9 +53,9 @@ async def start_checkout(
         raise exc.PlanNotPurchasable(f"The plan {plan_name!r} has no Stripe price.")
     if await state.paid_subscription(session, user.id, clock.now(), grace(settings)) is not None:
         raise exc.AlreadySubscribed()
-    customer_id = await ensure_customer(session, gateway, user)
+    customer_id = await ensure_customer(session, stripe, user)
     base = settings.base_url.rstrip("/")
-    return await gateway.create_checkout_session(
+    return await stripe.create_checkout_session(
         customer_id=customer_id,
         price_id=plan.stripe_price_ids[0],
         user_id=str(user.id),
@@ -67,13 +67,13 @@ async def start_checkout(
 
 
 async def open_portal(
-    session: AsyncSession, gateway: StripeGateway, settings: Settings, user: User
+    session: AsyncSession, stripe: StripeClient, settings: Settings, user: User
 ) -> str:
     """A Customer Portal url for the user's Stripe customer."""
     customer = await repo.customer_of_user(session, user.id)
     if customer is None:
         raise exc.NoBillingAccount()
-    return await gateway.create_portal_session(
+    return await stripe.create_portal_session(
         customer_id=customer.stripe_customer_id,
         return_url=settings.billing_portal_return_url or settings.base_url,
     )

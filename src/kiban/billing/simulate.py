@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from kiban.billing.stripe_gateway import STRIPE_API_VERSION
+from kiban.billing.stripe_client import STRIPE_API_VERSION
 
 SIMULATED_EVENTS = (
     "checkout.session.completed",

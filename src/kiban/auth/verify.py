@@ -1,9 +1,10 @@
-"""The checks an access token must pass, one function each.
+"""Access tokens: the one place they are issued, and every check they must pass.
 
-``verify_access_token`` runs them in order and raises the first failure (the request's 401);
-``kiban token explain`` runs the same functions, keeps going after a failure and prints a line
-for each. Expiry is judged against ``kiban.core.clock`` (not the system clock PyJWT would use),
-so tests and the explain command see the same "now" as the server.
+``issue_access_token`` signs the claims that the checks below require. ``verify_access_token``
+runs the checks in order and raises the first failure (the request's 401, each failure its own
+code); ``kiban token explain`` runs the same functions, keeps going after a failure and prints a
+line for each. Expiry is judged against ``kiban.core.clock`` (not the system clock PyJWT would
+use), so tests and the explain command see the same "now" as the server.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 from jwt.utils import base64url_decode
 
 from kiban.auth import exceptions as exc
 from kiban.auth.keys import KeyRing, SigningKey
+from kiban.core import clock
 from kiban.settings import Settings
 
 REQUIRED_CLAIMS = ("sub", "iat", "nbf", "exp", "jti", "iss", "aud")
@@ -150,3 +153,24 @@ def verify_parsed(
 
 def as_datetime(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
+
+
+def issue_access_token(keyring: KeyRing, settings: Settings, user_id: uuid.UUID) -> str:
+    """A signed access JWT for the user, with the current key's kid in the header."""
+    now = clock.now()
+    key = keyring.current
+    claims = {
+        "sub": str(user_id),
+        "iat": now,
+        "nbf": now,
+        "exp": now + timedelta(seconds=settings.access_token_ttl_seconds),
+        "jti": uuid.uuid4().hex,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+    }
+    return jwt.encode(claims, key.signing_key, algorithm=key.algorithm, headers={"kid": key.kid})
+
+
+def verify_access_token(keyring: KeyRing, settings: Settings, token: str) -> AccessClaims:
+    """Verify a token and say precisely why it fails (each failure is its own 401 code)."""
+    return verify_parsed(keyring, settings, parse_token(token), clock.now())

@@ -1,6 +1,6 @@
 """The one seam to Stripe: the SDK's ``StripeClient``, API version pinned, API base configurable.
 
-Everything kiban asks Stripe goes through ``StripeGateway``; tests and local development point
+Everything kiban asks Stripe goes through ``StripeClient``; tests and local development point
 ``KIBAN_STRIPE_API_BASE`` at a local server (localstripe, or a stub of the endpoints it lacks)
 instead of replacing our code. Results come back as plain dicts, the same shape webhooks carry,
 so one set of readers (``billing.snapshot``) serves both.
@@ -30,7 +30,7 @@ def _reason(error: stripe.StripeError) -> str:
     return error.user_message or type(error).__name__
 
 
-class StripeGateway:
+class StripeClient:
     """What kiban needs from Stripe, as small async methods."""
 
     def __init__(
@@ -52,8 +52,8 @@ class StripeGateway:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StripeGateway | None:
-        """The gateway for these settings, or None when no secret key is configured."""
+    def from_settings(cls, settings: Settings) -> StripeClient | None:
+        """The Stripe client for these settings, or None when no secret key is configured."""
         if settings.stripe_secret_key is None:
             return None
         return cls(
