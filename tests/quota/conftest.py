@@ -15,10 +15,10 @@ from kiban.billing.entitlements import calendar_month
 from kiban.billing.plans import PlanCatalog, parse_plans
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
-from kiban.gateway.quota_store import QuotaStore, Reservation
-from kiban.gateway.quota_store_redis import RedisQuotaStore
-from kiban.gateway.quota_store_sql import SqlQuotaStore
 from kiban.models import User
+from kiban.quota.store.base import QuotaStore, Reservation
+from kiban.quota.store.redis import RedisQuotaStore
+from kiban.quota.store.sql import SqlQuotaStore
 from kiban.settings import Settings
 
 TEST_PLANS = """

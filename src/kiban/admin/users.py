@@ -22,10 +22,10 @@ from kiban.auth.schemas import UserOut
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import Conflict, NotFound
-from kiban.gateway import quota_service
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_router import QuotaAdmissionDep
 from kiban.models import Role, User
+from kiban.quota import service as quota_service
+from kiban.quota.admission import QuotaAdmission
+from kiban.quota.router import QuotaAdmissionDep
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 
@@ -55,7 +55,7 @@ class UserUpdate(BaseModel):
 
     role: Role | None = None
     is_active: bool | None = None
-    # Quotas (gateway/quota_service): a plan from the plans file (null: back to the default
+    # Quotas (quota/service.py): a plan from the plans file (null: back to the default
     # plan), and extra tokens on top of the plan for the current quota period (replaces).
     plan: str | None = Field(default=None, max_length=64)
     quota_override: int | None = Field(default=None, ge=0, le=10**15)

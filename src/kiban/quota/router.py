@@ -12,10 +12,10 @@ from kiban.auth.dependencies import AdminUser, CurrentUser, TokenUser
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import NotFound, ServiceUnavailable
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_schemas import KeyLimitsIn, KeyLimitsOut, UsageReport
-from kiban.gateway.quota_service import key_limits, set_key_limits, usage_report
 from kiban.models import ApiKey, User
+from kiban.quota.admission import QuotaAdmission
+from kiban.quota.schemas import KeyLimitsIn, KeyLimitsOut, UsageReport
+from kiban.quota.service import key_limits, set_key_limits, usage_report
 
 router = APIRouter(tags=["usage"])
 

@@ -28,7 +28,8 @@ from kiban.billing.plans import Plan, PlanCatalog
 from kiban.core import clock
 from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway.admission import AdmissionRequest, Ticket, Usage
-from kiban.gateway.quota_exceptions import (
+from kiban.models import User
+from kiban.quota.exceptions import (
     ModelNotInPlan,
     PromptTooLarge,
     QuotaExceeded,
@@ -37,7 +38,7 @@ from kiban.gateway.quota_exceptions import (
     error_fields,
     with_retry_after,
 )
-from kiban.gateway.quota_store import (
+from kiban.quota.store.base import (
     WINDOW_SECONDS,
     KeyWindow,
     QuotaState,
@@ -49,7 +50,6 @@ from kiban.gateway.quota_store import (
     usd_to_nanos,
     window_of,
 )
-from kiban.models import User
 
 log = structlog.get_logger("kiban.quota")
 

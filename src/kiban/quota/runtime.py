@@ -14,8 +14,8 @@ from kiban.billing.plans import PlanCatalog
 from kiban.core import clock
 from kiban.gateway.catalog import Catalog
 from kiban.gateway.pricing import PriceTable
-from kiban.gateway.quota import CostBound, QuotaAdmission
-from kiban.gateway.quota_store import QuotaStore
+from kiban.quota.admission import CostBound, QuotaAdmission
+from kiban.quota.store.base import QuotaStore
 from kiban.settings import ConfigurationError, Settings
 
 log = structlog.get_logger("kiban.quota")
@@ -45,7 +45,7 @@ def cost_bound_from(catalog: Catalog, prices: PriceTable) -> CostBound:
 
 def build_store(settings: Settings) -> QuotaStore:
     """The quota store the settings ask for: Redis when configured (or forced), else the DB."""
-    from kiban.gateway.quota_store_sql import SqlQuotaStore
+    from kiban.quota.store.sql import SqlQuotaStore
 
     pool = max(2, min(settings.database_pool_size, 10))
     use_redis = settings.quota_backend == "redis" or (
@@ -54,7 +54,7 @@ def build_store(settings: Settings) -> QuotaStore:
     if use_redis:
         if not settings.redis_url:
             raise ConfigurationError("KIBAN_QUOTA_BACKEND=redis needs KIBAN_REDIS_URL")
-        from kiban.gateway.quota_store_redis import RedisQuotaStore
+        from kiban.quota.store.redis import RedisQuotaStore
 
         return RedisQuotaStore.from_urls(settings.redis_url, settings.database_url, pool_size=pool)
     return SqlQuotaStore.from_url(settings.database_url, pool_size=pool)
