@@ -25,7 +25,7 @@ from kiban.core.errors import Conflict, NotFound
 from kiban.models import Role, User
 from kiban.quota import service as quota_service
 from kiban.quota.admission import QuotaAdmission
-from kiban.quota.router import QuotaAdmissionDep
+from kiban.quota.dependencies import QuotaAdmissionDep
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.billing.entitlements import resolve_entitlement
 from kiban.core import clock
 from kiban.models import ApiKey, ApiKeyLimit, User
-from kiban.quota.admission import QuotaAdmission, seconds_until, token_limit, window_reset
+from kiban.quota.admission import QuotaAdmission
 from kiban.quota.exceptions import UnknownPlan
+from kiban.quota.limits import seconds_until, token_limit, window_reset
 from kiban.quota.schemas import (
     CostOut,
     KeyLimitsIn,
