@@ -32,9 +32,8 @@ from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import upgrade
 from kiban.gateway.admission import AdmissionRequest, OpenAdmission, Usage
 from kiban.models import User
-from kiban.quota.admission import QuotaAdmission
-from kiban.quota.store.redis import RedisQuotaStore
-from kiban.quota.store.sql import SqlQuotaStore
+from kiban.quota import QuotaAdmission
+from kiban.quota.store import RedisQuotaStore, SqlQuotaStore
 
 PLANS = """
 default_plan = "bench"

@@ -25,8 +25,7 @@ from kiban.core.logging import configure_logging
 from kiban.core.middleware import RequestContextMiddleware
 from kiban.gateway.service import Gateway, GatewayConfig
 from kiban.knowledge.service import start as start_knowledge
-from kiban.quota.limits import LIMIT_HEADERS
-from kiban.quota.runtime import cost_bound_from, running_admission
+from kiban.quota import LIMIT_HEADERS, cost_bound_from, running_admission
 from kiban.settings import Settings
 
 log = structlog.get_logger("kiban.app")

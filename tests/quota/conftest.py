@@ -16,9 +16,7 @@ from kiban.billing.plans import PlanCatalog, parse_plans
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.models import User
-from kiban.quota.store.base import QuotaStore, Reservation
-from kiban.quota.store.redis import RedisQuotaStore
-from kiban.quota.store.sql import SqlQuotaStore
+from kiban.quota.store import QuotaStore, RedisQuotaStore, Reservation, SqlQuotaStore
 from kiban.settings import Settings
 
 TEST_PLANS = """

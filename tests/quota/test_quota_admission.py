@@ -11,11 +11,8 @@ from kiban.auth.dependencies import Principal
 from kiban.billing.plans import PlanCatalog
 from kiban.gateway.admission import AdmissionRequest, Usage
 from kiban.models import User
-from kiban.quota.admission import QuotaAdmission
-from kiban.quota.exceptions import QuotaExceeded, QuotaUnavailable
-from kiban.quota.store.base import QuotaStore
-from kiban.quota.store.redis import RedisQuotaStore
-from kiban.quota.store.sql import SqlQuotaStore
+from kiban.quota import QuotaAdmission, QuotaExceeded, QuotaUnavailable
+from kiban.quota.store import QuotaStore, RedisQuotaStore, SqlQuotaStore
 from tests.quota.conftest import insert_user
 
 # Every token costs 0.1 USD: easy budgets to reason about.

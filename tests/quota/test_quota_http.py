@@ -16,7 +16,7 @@ from kiban.app import create_app
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
 from kiban.models import UsageRecord, User
-from kiban.quota.store.base import Reservation
+from kiban.quota.store import Reservation
 from tests.conftest import RunningApp, auth_headers, create_user, make_client
 
 QUESTION = [{"role": "user", "content": "What does the fox do?"}]

@@ -25,8 +25,8 @@ from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.models import UsageRecord
-from kiban.quota.runtime import build_store
-from kiban.quota.store.base import Reservation
+from kiban.quota import build_store
+from kiban.quota.store import Reservation
 from kiban.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.quota.conftest import insert_user

@@ -24,10 +24,8 @@ from kiban.core.db import create_engine
 from kiban.core.metrics import REGISTRY
 from kiban.gateway.admission import Usage
 from kiban.models import QuotaSettlement, User
-from kiban.quota.admission import QuotaAdmission
-from kiban.quota.store.base import SETTLEMENT_RETENTION, QuotaStore
-from kiban.quota.store.redis import RedisQuotaStore
-from kiban.quota.store.sql import SqlQuotaStore
+from kiban.quota import QuotaAdmission
+from kiban.quota.store import SETTLEMENT_RETENTION, QuotaStore, RedisQuotaStore, SqlQuotaStore
 from tests.faults import FaultyProxy
 from tests.quota.conftest import MakeReservation
 from tests.quota.test_quota_admission import ask

@@ -23,9 +23,7 @@ from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import Conflict, NotFound
 from kiban.models import Role, User
-from kiban.quota import service as quota_service
-from kiban.quota.admission import QuotaAdmission
-from kiban.quota.dependencies import QuotaAdmissionDep
+from kiban.quota import QuotaAdmission, QuotaAdmissionDep, grant_extra_tokens, set_plan
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 
@@ -133,12 +131,10 @@ async def update_user(
             # Access tokens and API keys are refused at once (user_inactive); refresh tokens go.
             await refresh.revoke_user(session, user.id, refresh.DEACTIVATED)
     if admission is not None and "plan" in fields:
-        quota_service.set_plan(admission, user, fields["plan"])
+        set_plan(admission, user, fields["plan"])
     await session.flush()
     if admission is not None and fields.get("quota_override") is not None:
-        await quota_service.grant_extra_tokens(
-            admission, session, user, fields["quota_override"], clock.now()
-        )
+        await grant_extra_tokens(admission, session, user, fields["quota_override"], clock.now())
     return user
 
 
