@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.fake_upstream import FakeUpstream
 
 from kiban.billing.entitlements import calendar_month
 from kiban.billing.plans import PlanCatalog, parse_plans
@@ -18,6 +17,7 @@ from kiban.core.db import create_engine, create_sessionmaker
 from kiban.models import User
 from kiban.quota.store import QuotaStore, RedisQuotaStore, Reservation, SqlQuotaStore
 from kiban.settings import Settings
+from tests.fake_upstream import FakeUpstream
 
 TEST_PLANS = """
 default_plan = "free"
