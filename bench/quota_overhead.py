@@ -31,10 +31,9 @@ from kiban.billing.plans import parse_plans
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import upgrade
 from kiban.gateway.admission import AdmissionRequest, OpenAdmission, Usage
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_store_redis import RedisQuotaStore
-from kiban.gateway.quota_store_sql import SqlQuotaStore
 from kiban.models import User
+from kiban.quota import QuotaAdmission
+from kiban.quota.store import RedisQuotaStore, SqlQuotaStore
 
 PLANS = """
 default_plan = "bench"

@@ -23,10 +23,9 @@ from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.errors import install_error_handlers
 from kiban.core.logging import configure_logging
 from kiban.core.middleware import RequestContextMiddleware
-from kiban.gateway.quota import LIMIT_HEADERS
-from kiban.gateway.quota_runtime import cost_bound_from, running_admission
 from kiban.gateway.service import Gateway, GatewayConfig
 from kiban.knowledge.service import start as start_knowledge
+from kiban.quota import LIMIT_HEADERS, cost_bound_from, running_admission
 from kiban.settings import Settings
 
 log = structlog.get_logger("kiban.app")
@@ -125,9 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from kiban.auth import router as auth
     from kiban.billing import admin_router as billing_admin
     from kiban.billing import router as billing
-    from kiban.gateway import quota_router, v1_router
     from kiban.gateway import router as ai_router
+    from kiban.gateway import v1_router
     from kiban.knowledge import router as knowledge
+    from kiban.quota import router as quota_router
 
     app.include_router(health.router)
     app.include_router(auth.router)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from bench.fake_upstream import DEFAULT_REPLY, FakeUpstream, Fault
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from kiban.models import UsageRecord
+from tests.fake_upstream import DEFAULT_REPLY, FakeUpstream, Fault
 
 __all__ = ["DEFAULT_REPLY", "FakeUpstream", "Fault", "ledger", "sse_events", "upload"]
 

@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.fake_upstream import FakeUpstream
 
 from kiban.billing.entitlements import calendar_month
 from kiban.billing.plans import PlanCatalog, parse_plans
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
-from kiban.gateway.quota_store import QuotaStore, Reservation
-from kiban.gateway.quota_store_redis import RedisQuotaStore
-from kiban.gateway.quota_store_sql import SqlQuotaStore
 from kiban.models import User
+from kiban.quota.store import QuotaStore, RedisQuotaStore, Reservation, SqlQuotaStore
 from kiban.settings import Settings
+from tests.fake_upstream import FakeUpstream
 
 TEST_PLANS = """
 default_plan = "free"

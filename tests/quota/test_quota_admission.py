@@ -10,12 +10,9 @@ from redis.asyncio import Redis
 from kiban.auth.dependencies import Principal
 from kiban.billing.plans import PlanCatalog
 from kiban.gateway.admission import AdmissionRequest, Usage
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_exceptions import QuotaExceeded, QuotaUnavailable
-from kiban.gateway.quota_store import QuotaStore
-from kiban.gateway.quota_store_redis import RedisQuotaStore
-from kiban.gateway.quota_store_sql import SqlQuotaStore
 from kiban.models import User
+from kiban.quota import QuotaAdmission, QuotaExceeded, QuotaUnavailable
+from kiban.quota.store import QuotaStore, RedisQuotaStore, SqlQuotaStore
 from tests.quota.conftest import insert_user
 
 # Every token costs 0.1 USD: easy budgets to reason about.

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from kiban.app import create_app
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
-from kiban.gateway.quota_store import Reservation
 from kiban.models import UsageRecord, User
+from kiban.quota.store import Reservation
 from tests.conftest import RunningApp, auth_headers, create_user, make_client
 
 QUESTION = [{"role": "user", "content": "What does the fox do?"}]
@@ -221,7 +221,7 @@ async def test_the_sweeper_releases_a_crashed_processs_reservation(
 async def test_failed_upstream_call_releases_its_reservation(
     app: FastAPI, user: User, quota_upstream: Any
 ) -> None:
-    from bench.fake_upstream import Fault
+    from tests.fake_upstream import Fault
 
     quota_upstream.script(Fault.error(400))  # not retried: the call fails at once
     async with make_client(app) as client:

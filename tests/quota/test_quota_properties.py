@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiban.billing.entitlements import calendar_month
-from kiban.gateway.quota_store import QuotaStore, Reservation
+from kiban.quota.store import QuotaStore, Reservation
 from tests.quota.conftest import insert_user
 
 LIMIT = 500

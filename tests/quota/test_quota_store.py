@@ -11,9 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from kiban.core import clock
-from kiban.gateway.quota_runtime import build_store
-from kiban.gateway.quota_store import QuotaStore
-from kiban.gateway.quota_store_redis import RedisQuotaStore
+from kiban.quota import build_store
+from kiban.quota.store import QuotaStore, RedisQuotaStore, SqlQuotaStore
 from kiban.settings import ConfigurationError
 from tests.quota.conftest import MakeReservation
 
@@ -79,8 +78,6 @@ async def test_crashed_reservation_expires_and_is_released(
 async def test_sweeper_releases_expired_reservations(
     database_url: str, reservation_for: MakeReservation
 ) -> None:
-    from kiban.gateway.quota_store_sql import SqlQuotaStore
-
     store = SqlQuotaStore.from_url(database_url)
     try:
         orphans = [reservation_for(100) for _ in range(3)]

@@ -24,9 +24,9 @@ from kiban.auth.verify import issue_access_token
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
-from kiban.gateway.quota_runtime import build_store
-from kiban.gateway.quota_store import Reservation
 from kiban.models import UsageRecord
+from kiban.quota import build_store
+from kiban.quota.store import Reservation
 from kiban.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.quota.conftest import insert_user

@@ -23,11 +23,9 @@ from kiban.core import clock
 from kiban.core.db import create_engine
 from kiban.core.metrics import REGISTRY
 from kiban.gateway.admission import Usage
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_store import SETTLEMENT_RETENTION, QuotaStore
-from kiban.gateway.quota_store_redis import RedisQuotaStore
-from kiban.gateway.quota_store_sql import SqlQuotaStore
 from kiban.models import QuotaSettlement, User
+from kiban.quota import QuotaAdmission
+from kiban.quota.store import SETTLEMENT_RETENTION, QuotaStore, RedisQuotaStore, SqlQuotaStore
 from tests.faults import FaultyProxy
 from tests.quota.conftest import MakeReservation
 from tests.quota.test_quota_admission import ask

@@ -22,10 +22,8 @@ from kiban.auth.schemas import UserOut
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import Conflict, NotFound
-from kiban.gateway import quota_service
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_router import QuotaAdmissionDep
 from kiban.models import Role, User
+from kiban.quota import QuotaAdmission, QuotaAdmissionDep, grant_extra_tokens, set_plan
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 
@@ -55,7 +53,7 @@ class UserUpdate(BaseModel):
 
     role: Role | None = None
     is_active: bool | None = None
-    # Quotas (gateway/quota_service): a plan from the plans file (null: back to the default
+    # Quotas (quota/service.py): a plan from the plans file (null: back to the default
     # plan), and extra tokens on top of the plan for the current quota period (replaces).
     plan: str | None = Field(default=None, max_length=64)
     quota_override: int | None = Field(default=None, ge=0, le=10**15)
@@ -133,12 +131,10 @@ async def update_user(
             # Access tokens and API keys are refused at once (user_inactive); refresh tokens go.
             await refresh.revoke_user(session, user.id, refresh.DEACTIVATED)
     if admission is not None and "plan" in fields:
-        quota_service.set_plan(admission, user, fields["plan"])
+        set_plan(admission, user, fields["plan"])
     await session.flush()
     if admission is not None and fields.get("quota_override") is not None:
-        await quota_service.grant_extra_tokens(
-            admission, session, user, fields["quota_override"], clock.now()
-        )
+        await grant_extra_tokens(admission, session, user, fields["quota_override"], clock.now())
     return user
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from kiban.core import clock
-from kiban.gateway.quota_store import (
+from kiban.quota.store.base import (
     SETTLEMENT_RETENTION,
     KeyWindow,
     QuotaState,
@@ -33,7 +33,7 @@ from kiban.gateway.quota_store import (
     ReserveOutcome,
     SettleResult,
 )
-from kiban.gateway.quota_store_sql import SqlQuotaStore
+from kiban.quota.store.sql import SqlQuotaStore
 
 _GRACE_SECONDS = 3 * 24 * 3600  # keep a period's key a little past its end for late settles
 _RATE_TTL_SECONDS = 120

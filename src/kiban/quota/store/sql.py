@@ -44,7 +44,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from kiban.core import clock
 from kiban.core.db import _sqlite_pragmas as sqlite_pragmas
 from kiban.core.db import create_sessionmaker
-from kiban.gateway.quota_sql import (
+from kiban.models.base import UTCDateTime
+from kiban.quota.store.base import (
+    SETTLEMENT_RETENTION,
+    KeyWindow,
+    QuotaState,
+    RefusalReason,
+    Reservation,
+    ReserveOutcome,
+    SettleResult,
+    refusal,
+)
+from kiban.quota.store.sql_statements import (
     STATE_COLUMNS,
     P,
     R,
@@ -58,18 +69,7 @@ from kiban.gateway.quota_sql import (
     state_of,
     take_statement,
 )
-from kiban.gateway.quota_sqlite import KeyRow, RawSqlite, TakenRow
-from kiban.gateway.quota_store import (
-    SETTLEMENT_RETENTION,
-    KeyWindow,
-    QuotaState,
-    RefusalReason,
-    Reservation,
-    ReserveOutcome,
-    SettleResult,
-    refusal,
-)
-from kiban.models.base import UTCDateTime
+from kiban.quota.store.sqlite_fast_path import KeyRow, RawSqlite, TakenRow
 
 _MAX_ATTEMPTS = 4
 

@@ -1,43 +1,22 @@
-"""Usage visibility: ``GET /me/usage`` and ``GET /admin/users/{id}/usage``."""
+"""Usage visibility (``GET /me/usage``, ``GET /admin/users/{id}/usage``) and API key limits."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.auth.dependencies import AdminUser, CurrentUser, TokenUser
 from kiban.core import clock
 from kiban.core.db import SessionDep
-from kiban.core.errors import NotFound, ServiceUnavailable
-from kiban.gateway.quota import QuotaAdmission
-from kiban.gateway.quota_schemas import KeyLimitsIn, KeyLimitsOut, UsageReport
-from kiban.gateway.quota_service import key_limits, set_key_limits, usage_report
 from kiban.models import ApiKey, User
+from kiban.quota.dependencies import QuotaAdmissionDep
+from kiban.quota.exceptions import NoSuchKey, NoSuchUser
+from kiban.quota.schemas import KeyLimitsIn, KeyLimitsOut, UsageReport
+from kiban.quota.service import key_limits, set_key_limits, usage_report
 
 router = APIRouter(tags=["usage"])
-
-
-class NoSuchUser(NotFound):
-    code = "no_such_user"
-    default_message = "No user with this id."
-
-
-def get_quota_admission(request: Request) -> QuotaAdmission:
-    admission = getattr(request.app.state, "admission", None)
-    if not isinstance(admission, QuotaAdmission):
-        raise ServiceUnavailable("Quota enforcement is not running in this process.")
-    return admission
-
-
-QuotaAdmissionDep = Annotated[QuotaAdmission, Depends(get_quota_admission)]
-
-
-class NoSuchKey(NotFound):
-    code = "no_such_api_key"
-    default_message = "No API key with this id."
 
 
 async def _key(session: AsyncSession, key_id: uuid.UUID, owner: User | None) -> ApiKey:

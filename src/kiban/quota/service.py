@@ -9,9 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing.entitlements import resolve_entitlement
 from kiban.core import clock
-from kiban.gateway.quota import QuotaAdmission, seconds_until, token_limit, window_reset
-from kiban.gateway.quota_exceptions import UnknownPlan
-from kiban.gateway.quota_schemas import (
+from kiban.models import ApiKey, ApiKeyLimit, User
+from kiban.quota.admission import QuotaAdmission
+from kiban.quota.exceptions import UnknownPlan
+from kiban.quota.limits import seconds_until, token_limit, window_reset
+from kiban.quota.schemas import (
     CostOut,
     KeyLimitsIn,
     KeyLimitsOut,
@@ -21,9 +23,8 @@ from kiban.gateway.quota_schemas import (
     TokensOut,
     UsageReport,
 )
-from kiban.gateway.quota_sql import grant_in_session
-from kiban.gateway.quota_store import WINDOW_SECONDS, nanos_to_usd
-from kiban.models import ApiKey, ApiKeyLimit, User
+from kiban.quota.store.base import WINDOW_SECONDS, nanos_to_usd
+from kiban.quota.store.sql_statements import grant_in_session
 
 
 async def usage_report(

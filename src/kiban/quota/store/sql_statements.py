@@ -1,6 +1,6 @@
 """The SQL statements of the database quota store (SQLAlchemy Core, both dialects).
 
-Built once per store and executed with bound parameters: see ``quota_store_sql`` for how they are
+Built once per store and executed with bound parameters: see ``store.sql`` for how they are
 used and ``docs/decisions/0030`` and ``0031`` for why they look like this.
 """
 
@@ -32,9 +32,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.core import clock
-from kiban.gateway.quota_store import QuotaState
 from kiban.models.base import UTCDateTime
 from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation, QuotaSettlement
+from kiban.quota.store.base import QuotaState
 
 K = cast(Table, ApiKeyLimit.__table__)
 P = cast(Table, QuotaPeriod.__table__)

@@ -1,4 +1,4 @@
-"""Refusals by plans, quotas and rate limits.
+"""Refusals by plans, quotas and rate limits, and the quota routes' not-founds.
 
 Hierarchy (all ``kiban.core.errors.AppError``)::
 
@@ -14,6 +14,9 @@ Hierarchy (all ``kiban.core.errors.AppError``)::
                                                         counts down to the next window
     BadRequest
     └── UnknownPlan             400 unknown_plan        an admin named a plan not in the file
+    NotFound
+    ├── NoSuchUser              404 no_such_user        no user with this id (admin usage report)
+    └── NoSuchKey               404 no_such_api_key     no such API key, or another user's
     ServiceUnavailable
     └── QuotaUnavailable        503 quota_unavailable   the quota store (database or Redis) is
                                                         unreachable: refuse rather than meter
@@ -27,6 +30,7 @@ from typing import Any
 from kiban.core.errors import (
     BadRequest,
     Forbidden,
+    NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
     TooManyRequests,
@@ -62,6 +66,16 @@ class QuotaUnavailable(ServiceUnavailable):
 class UnknownPlan(BadRequest):
     code = "unknown_plan"
     default_message = "There is no such plan."
+
+
+class NoSuchUser(NotFound):
+    code = "no_such_user"
+    default_message = "No user with this id."
+
+
+class NoSuchKey(NotFound):
+    code = "no_such_api_key"
+    default_message = "No API key with this id."
 
 
 def with_retry_after(seconds: int, headers: dict[str, str]) -> dict[str, str]:

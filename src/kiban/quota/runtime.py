@@ -14,8 +14,8 @@ from kiban.billing.plans import PlanCatalog
 from kiban.core import clock
 from kiban.gateway.catalog import Catalog
 from kiban.gateway.pricing import PriceTable
-from kiban.gateway.quota import CostBound, QuotaAdmission
-from kiban.gateway.quota_store import QuotaStore
+from kiban.quota.admission import CostBound, QuotaAdmission
+from kiban.quota.store import QuotaStore, RedisQuotaStore, SqlQuotaStore
 from kiban.settings import ConfigurationError, Settings
 
 log = structlog.get_logger("kiban.quota")
@@ -45,8 +45,6 @@ def cost_bound_from(catalog: Catalog, prices: PriceTable) -> CostBound:
 
 def build_store(settings: Settings) -> QuotaStore:
     """The quota store the settings ask for: Redis when configured (or forced), else the DB."""
-    from kiban.gateway.quota_store_sql import SqlQuotaStore
-
     pool = max(2, min(settings.database_pool_size, 10))
     use_redis = settings.quota_backend == "redis" or (
         settings.quota_backend == "auto" and settings.redis_url
@@ -54,8 +52,6 @@ def build_store(settings: Settings) -> QuotaStore:
     if use_redis:
         if not settings.redis_url:
             raise ConfigurationError("KIBAN_QUOTA_BACKEND=redis needs KIBAN_REDIS_URL")
-        from kiban.gateway.quota_store_redis import RedisQuotaStore
-
         return RedisQuotaStore.from_urls(settings.redis_url, settings.database_url, pool_size=pool)
     return SqlQuotaStore.from_url(settings.database_url, pool_size=pool)
 

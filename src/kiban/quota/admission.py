@@ -11,7 +11,6 @@ once). Rate-limit and quota headers ride on ``Ticket.headers``.
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +23,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.billing.entitlements import Entitlement, resolve_entitlement, unsubscribed_entitlement
-from kiban.billing.plans import Plan, PlanCatalog
+from kiban.billing.plans import PlanCatalog
 from kiban.core import clock
 from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway.admission import AdmissionRequest, Ticket, Usage
-from kiban.gateway.quota_exceptions import (
+from kiban.models import User
+from kiban.quota.exceptions import (
     ModelNotInPlan,
     PromptTooLarge,
     QuotaExceeded,
@@ -37,8 +37,8 @@ from kiban.gateway.quota_exceptions import (
     error_fields,
     with_retry_after,
 )
-from kiban.gateway.quota_store import (
-    WINDOW_SECONDS,
+from kiban.quota.limits import limit_headers, seconds_until, token_limit, window_reset
+from kiban.quota.store.base import (
     KeyWindow,
     QuotaState,
     QuotaStore,
@@ -49,7 +49,6 @@ from kiban.gateway.quota_store import (
     usd_to_nanos,
     window_of,
 )
-from kiban.models import User
 
 log = structlog.get_logger("kiban.quota")
 
@@ -64,56 +63,6 @@ class _Held:
     reservation: Reservation
     handle: object
     settled: bool = False
-
-
-def seconds_until(moment: datetime, now: datetime) -> int:
-    """Whole seconds from ``now`` until ``moment``, rounded up (never negative)."""
-    return max(math.ceil((moment - now).total_seconds()), 0)
-
-
-def window_reset(now: datetime) -> int:
-    """Seconds until the current one-minute rate window ends (1..60)."""
-    ts = now.timestamp()
-    return max(math.ceil((ts // WINDOW_SECONDS + 1) * WINDOW_SECONDS - ts), 1)
-
-
-def token_limit(plan: Plan, state: QuotaState) -> int:
-    return plan.monthly_tokens + state.extra_tokens
-
-
-LIMIT_HEADERS = (
-    "X-RateLimit-Limit",
-    "X-RateLimit-Remaining",
-    "X-RateLimit-Reset",
-    "X-RateLimit-Limit-Tokens",
-    "X-RateLimit-Remaining-Tokens",
-    "X-RateLimit-Key-Limit",
-    "X-RateLimit-Key-Remaining",
-    "X-Quota-Limit",
-    "X-Quota-Remaining",
-    "X-Quota-Reset",
-)
-
-
-def limit_headers(
-    plan: Plan, entitlement: Entitlement, state: QuotaState, now: datetime
-) -> dict[str, str]:
-    """The rate-limit and quota headers for a response, from the counters ``state`` holds."""
-    window = int(now.timestamp() // WINDOW_SECONDS)
-    limit = token_limit(plan, state)
-    headers = {
-        "X-RateLimit-Limit": str(plan.requests_per_minute),
-        "X-RateLimit-Remaining": str(max(plan.requests_per_minute - state.requests_in(window), 0)),
-        "X-RateLimit-Reset": str(window_reset(now)),
-        "X-Quota-Limit": str(limit),
-        "X-Quota-Remaining": str(max(limit - state.used_tokens - state.reserved_tokens, 0)),
-        "X-Quota-Reset": str(seconds_until(entitlement.period_end, now)),
-    }
-    if plan.tokens_per_minute is not None:
-        headers["X-RateLimit-Limit-Tokens"] = str(plan.tokens_per_minute)
-        remaining = max(plan.tokens_per_minute - state.tokens_in(window), 0)
-        headers["X-RateLimit-Remaining-Tokens"] = str(remaining)
-    return headers
 
 
 class QuotaAdmission:

@@ -3,9 +3,9 @@
 Two implementations keep the same promise (no concurrent burst, second process or crash can push
 ``used + reserved`` past the limit):
 
-- ``SqlQuotaStore`` (``quota_store_sql``): one conditional UPDATE on the user's period row checks
+- ``SqlQuotaStore`` (``store.sql``): one conditional UPDATE on the user's period row checks
   and takes the quota and the per-minute rate window together. SQLite and PostgreSQL.
-- ``RedisQuotaStore`` (``quota_store_redis``): one Lua script does the same in Redis; the
+- ``RedisQuotaStore`` (``store.redis``): one Lua script does the same in Redis; the
   database keeps a durable copy of what was used.
 
 Amounts are integers: tokens, and cost in nano-USD (1e-9 USD).
