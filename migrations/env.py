@@ -9,8 +9,8 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import kiban.models  # noqa: F401  (registers every table)
-from kiban.core.migrations import include_object
 from kiban.models.base import Base
+from kiban.models.schema import include_object
 from kiban.settings import Settings
 
 config = context.config

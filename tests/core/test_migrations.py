@@ -2,7 +2,8 @@
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from kiban.core.migrations import compare_models, migration_status
+from kiban.core.migrations import migration_status
+from kiban.models.schema import compare_models
 
 
 async def test_models_and_migrations_agree(database_url: str) -> None:

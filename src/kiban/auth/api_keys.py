@@ -25,11 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from kiban.auth import exceptions as exc
-from kiban.billing.state import may_have_paid_access
 from kiban.core import clock
 from kiban.core.db import session_scope
 from kiban.models import ApiKey, ApiKeyLimit, User
 from kiban.models.base import UTCDateTime
+from kiban.models.billing import may_have_paid_access
 
 API_KEY_PREFIX = "kb_"
 LOOKUP_ID_LENGTH = 12

@@ -52,8 +52,9 @@ async def resolve_entitlement(
     catalog = catalog or active_catalog()
     # Billing: a subscription granting paid access now (state allows it, period not over)
     # decides the plan, and its billing period is the quota period. ``may_be_subscribed=False``
-    # (``state.may_have_paid_access`` read earlier in this request, e.g. with the API key) proves
-    # there is none, so most requests (free users) skip this query: no cache, nothing to go stale.
+    # (``models.billing.may_have_paid_access``, read earlier in this request with the API key)
+    # proves there is none, so most requests (free users) skip this query: no cache, nothing to
+    # go stale.
     if may_be_subscribed is False:
         return unsubscribed_entitlement(user, now, catalog=catalog)
     sub = await paid_subscription(session, user.id, now, default_grace())

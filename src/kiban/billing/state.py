@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, exists, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.billing.fold import RENEWING_STATUSES
 from kiban.core import clock
-from kiban.models.billing import BillingSubscription, SubscriptionState
+from kiban.models.billing import BillingSubscription, SubscriptionState, may_grant_access
 
 PAID_STATES = frozenset(
     {
@@ -110,25 +109,6 @@ def refresh(sub: BillingSubscription, grace: timedelta) -> bool:
     return True
 
 
-def _candidates(
-    user_id: Any, now: datetime | ColumnElement[datetime]
-) -> tuple[ColumnElement[bool], ...]:
-    # The SQL side of "grants paid access at now": a row outside it never does.
-    return (
-        BillingSubscription.user_id == user_id,
-        BillingSubscription.current_period_end > now,
-        BillingSubscription.stripe_status.is_not(None),
-    )
-
-
-def may_have_paid_access(
-    user_id: Any, now: datetime | ColumnElement[datetime]
-) -> ColumnElement[bool]:
-    """A SQL EXISTS that is false only if ``paid_subscription`` would find nothing at ``now``
-    (or later): the API-key lookup selects it, so free users' requests skip that query."""
-    return exists().where(*_candidates(user_id, now))
-
-
 async def paid_subscription(
     session: AsyncSession, user_id: uuid.UUID, now: datetime, grace: timedelta
 ) -> BillingSubscription | None:
@@ -136,7 +116,7 @@ async def paid_subscription(
     rows = (
         await session.scalars(
             select(BillingSubscription)
-            .where(*_candidates(user_id, now))
+            .where(*may_grant_access(user_id, now))
             .order_by(BillingSubscription.current_period_end.desc())
         )
     ).all()

@@ -58,37 +58,6 @@ def migration_status(connection: Connection) -> MigrationStatus:
     return MigrationStatus(tuple(sorted(current)), script_heads())
 
 
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    """Leave out of autogenerate what the models cannot express (FTS virtual and shadow tables).
-
-    Such tables are listed in ``Base.metadata.info["unmanaged_tables"]`` (prefix match) by the
-    module that creates them in a migration.
-    """
-    from kiban.models.base import Base
-
-    if type_ == "table" and reflected and compare_to is None and name:
-        prefixes = tuple(Base.metadata.info.get("unmanaged_tables", ()))
-        if prefixes and name.startswith(prefixes):
-            return False
-    return True
-
-
-def compare_models(connection: Connection) -> list[Any]:
-    """The differences between the models and the database's schema (empty when they agree)."""
-    from alembic.autogenerate import compare_metadata
-
-    import kiban.models  # noqa: F401  (registers every table)
-    from kiban.models.base import Base
-
-    context = MigrationContext.configure(
-        connection, opts={"include_object": include_object, "compare_type": True}
-    )
-    diff: list[Any] = compare_metadata(context, Base.metadata)
-    return diff
-
-
 def _upgrade(connection: Connection, target: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ColumnElement, ForeignKey, String, UniqueConstraint, exists
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.core import clock
@@ -85,3 +85,19 @@ class WebhookEvent(Base):
     received_at: Mapped[datetime] = mapped_column(default=clock.now)
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def may_grant_access(user_id: Any, now: Any) -> tuple[ColumnElement[bool], ...]:
+    """The SQL side of "grants paid access at ``now``": a row outside it never does
+    (``billing.state`` decides the rest from the status, the grace and the time)."""
+    return (
+        BillingSubscription.user_id == user_id,
+        BillingSubscription.current_period_end > now,
+        BillingSubscription.stripe_status.is_not(None),
+    )
+
+
+def may_have_paid_access(user_id: Any, now: Any) -> ColumnElement[bool]:
+    """A SQL EXISTS that is false only if ``billing.state.paid_subscription`` would find nothing at
+    ``now`` (or later): the API-key lookup selects it, so free users' requests skip that query."""
+    return exists().where(*may_grant_access(user_id, now))
