@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import rollups
 from kiban.models import UsageRecord, User
+from kiban.usage import rollups
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
 MODELS = ("gpt-4o-mini", "gpt-4o", "extractive")

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin import analytics
-from kiban.admin.percentiles import Selection, Wanted
 from kiban.models import UsageRecord, User
+from kiban.usage import Selection, Wanted
 from tests.admin.conftest import T0, expected_figures, make_records, nearest_rank, seed
 
 pytestmark = pytest.mark.usefixtures("app")

@@ -12,10 +12,10 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import analytics, histograms
-from kiban.admin.histograms import EDGES, Metric, bin_of, bin_range
+from kiban.admin import analytics
 from kiban.admin.schemas import Interval
 from kiban.models import UsageHistogramDaily, UsageHistogramHourly, UsageRecord, User
+from kiban.usage import EDGES, Metric, bin_of, bin_range, histograms
 from tests.admin.conftest import T0, expected_figures, make_records, nearest_rank, seed
 
 PERCENTS = (1, 50, 95, 99, 100)

@@ -17,13 +17,11 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
-from kiban.admin import analytics, rollups, top_users
-from kiban.admin.histograms import EDGES
+from kiban.admin import analytics, top_users
 from kiban.admin.schemas import RankBy
 from kiban.cli import app as cli
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import alembic_config, upgrade
-from kiban.gateway.ledger import LedgerWriter
 from kiban.models import (
     UsageHistogramDaily,
     UsageHistogramHourly,
@@ -32,6 +30,7 @@ from kiban.models import (
     UsageRollupUserDaily,
     User,
 )
+from kiban.usage import EDGES, LedgerWriter, rollups
 from tests.admin.conftest import T0, expected_figures, make_records, seed
 from tests.conftest import TEST_SECRET, create_user
 

@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import upgrade
-from kiban.gateway.ledger import LedgerWriter
 from kiban.models import User
+from kiban.usage import LedgerWriter
 from tests.conftest import auth_headers, create_user
 from tests.gateway.gateway_helpers import ledger
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from kiban.core.metrics import REGISTRY
-from kiban.gateway.ledger import LedgerWriter
+from kiban.usage import LedgerWriter
 from tests.gateway.gateway_helpers import ledger
 from tests.gateway.test_gateway_ledger import record
 
