@@ -1,7 +1,7 @@
 """What kiban adds to an AI call: the same chat completion sent straight to an OpenAI-compatible
 server and through kiban's ``/v1/chat/completions``, in the same run.
 
-Three processes on loopback: the fake upstream (``bench/fake_upstream.py``), kiban served by
+Three processes on loopback: the fake upstream (``tests/fake_upstream.py``), kiban served by
 uvicorn (one worker, SQLite, API-key authentication, the real plans/quota admission, the usage
 ledger on, access log on), and this load generator. Phases:
 
@@ -161,7 +161,7 @@ async def main(n: int, concurrency: int, seconds: float) -> None:
     )
     python = sys.executable
     upstream = start(
-        [python, str(ROOT / "bench/fake_upstream.py"), "--port", str(upstream_port)], env
+        [python, str(ROOT / "tests/fake_upstream.py"), "--port", str(upstream_port)], env
     )
     kiban = start(
         [

@@ -1,7 +1,7 @@
 """Gateway fixtures: the fake OpenAI-compatible upstream (real HTTP on loopback) and ledger helpers.
 
 The root conftest's ``settings`` is overridden so that every gateway test's app has an upstream:
-the ``openai`` provider is driven only through ``bench/fake_upstream.py`` over HTTP.
+the ``openai`` provider is driven only through ``tests/fake_upstream.py`` over HTTP.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.fake_upstream import DEFAULT_REPLY, FakeUpstream
 
 import kiban
 from kiban.core.metrics import REGISTRY
 from kiban.settings import Settings
+from tests.fake_upstream import DEFAULT_REPLY, FakeUpstream
 
 
 @pytest.fixture(scope="session")

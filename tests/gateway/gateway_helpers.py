@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.fake_upstream import DEFAULT_REPLY, FakeUpstream, Fault
+from tests.fake_upstream import DEFAULT_REPLY, FakeUpstream, Fault
 
 __all__ = ["DEFAULT_REPLY", "FakeUpstream", "Fault", "sse_events"]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.fake_upstream import FakeUpstream
 
 from kiban.billing.entitlements import calendar_month
 from kiban.billing.plans import PlanCatalog, parse_plans
@@ -20,6 +19,7 @@ from kiban.gateway.quota_store_redis import RedisQuotaStore
 from kiban.gateway.quota_store_sql import SqlQuotaStore
 from kiban.models import User
 from kiban.settings import Settings
+from tests.fake_upstream import FakeUpstream
 
 TEST_PLANS = """
 default_plan = "free"

@@ -215,7 +215,7 @@ async def test_the_sweeper_releases_a_crashed_processs_reservation(
 async def test_failed_upstream_call_releases_its_reservation(
     app: FastAPI, user: User, quota_upstream: Any
 ) -> None:
-    from bench.fake_upstream import Fault
+    from tests.fake_upstream import Fault
 
     quota_upstream.script(Fault.error(400))  # not retried: the call fails at once
     async with make_client(app) as client:

@@ -14,7 +14,7 @@ Fault kinds: ``error`` (any status code, optional Retry-After), ``hang`` (sleep 
 ``cut`` (a stream that stops after N chunks without finishing: the connection is dropped),
 ``stall`` (a stream that pauses after N chunks, then finishes). ``latency_ms`` delays every answer.
 
-Run alone: ``python bench/fake_upstream.py --port 9100 --latency-ms 0`` (prints its address).
+Run alone: ``python tests/fake_upstream.py --port 9100 --latency-ms 0`` (prints its address).
 """
 
 from __future__ import annotations
