@@ -38,13 +38,13 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from kiban.admin import analytics, quotas, rollups, top_users, usage_log
+from kiban.admin import analytics, quotas, top_users, usage_log
 from kiban.admin.analytics import Window
-from kiban.admin.percentiles import nearest_rank
 from kiban.admin.schemas import GroupBy, Interval, RankBy
 from kiban.core.db import create_engine, create_sessionmaker, session_scope
 from kiban.core.migrations import upgrade
 from kiban.models import UsageRecord, User
+from kiban.usage import nearest_rank, rollups
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 30

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import kiban.models.base
-
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -29,7 +27,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("request_id", sa.String(length=128), nullable=False),
-        sa.Column("created_at", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=True),
         sa.Column("api_key_id", sa.Uuid(), nullable=True),
         sa.Column("plan", sa.String(length=64), nullable=True),

@@ -10,14 +10,12 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import kiban.models.base
-
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UTC = kiban.models.base.UTCDateTime(timezone=True)
+UTC = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:

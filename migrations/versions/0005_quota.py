@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import kiban.models.base
-
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
@@ -31,8 +29,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("user_id", sa.Uuid(), nullable=False),
-        sa.Column("period_start", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("period_end", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=False),
         sa.Column("used_tokens", sa.BigInteger(), nullable=False),
         sa.Column("reserved_tokens", sa.BigInteger(), nullable=False),
         sa.Column("extra_tokens", sa.BigInteger(), nullable=False),
@@ -41,7 +39,7 @@ def upgrade() -> None:
         sa.Column("window_start", sa.BigInteger(), nullable=False),
         sa.Column("window_requests", sa.Integer(), nullable=False),
         sa.Column("window_tokens", sa.BigInteger(), nullable=False),
-        sa.Column("updated_at", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"],
             ["users.id"],
@@ -59,8 +57,8 @@ def upgrade() -> None:
         ),
         sa.Column("tokens", sa.BigInteger(), nullable=False),
         sa.Column("cost_nanos", sa.BigInteger(), nullable=False),
-        sa.Column("expires_at", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("created_at", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["period_id"],
             ["quota_periods.id"],
@@ -86,7 +84,7 @@ def upgrade() -> None:
         sa.Column("window_requests", sa.Integer(), nullable=False),
         sa.Column("window_tokens", sa.BigInteger(), nullable=False),
         sa.Column("last_refused", sa.Boolean(), nullable=False),
-        sa.Column("updated_at", kiban.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["api_key_id"],
             ["api_keys.id"],

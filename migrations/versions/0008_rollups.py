@@ -10,14 +10,12 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from kiban.models.base import UTCDateTime
-
 revision: str = "0008"
 down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The backfill, per dialect: the same figures kiban.admin.rollups.add writes with each batch.
+# The backfill, per dialect: the figures kiban.usage.rollups.add writes with each batch (as of 0008).
 # SQLite keeps UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' text and UUIDs as 32 hex digits.
 _BUCKETS = {
     "sqlite": (
@@ -44,7 +42,7 @@ def _figures() -> list[sa.Column[int]]:
 def upgrade() -> None:
     op.create_table(
         "usage_rollups_hourly",
-        sa.Column("hour", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
         sa.Column("model", sa.String(length=128), nullable=False),
         sa.Column("endpoint", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
@@ -59,7 +57,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "usage_rollups_user_daily",
-        sa.Column("day", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=False),
         *_figures(),
         sa.PrimaryKeyConstraint("day", "user_id", name=op.f("pk_usage_rollups_user_daily")),

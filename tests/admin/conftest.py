@@ -1,101 +1,34 @@
-"""Admin fixtures: a seeded usage ledger and plain-Python references for every figure."""
+"""Admin fixtures: a seeded usage ledger (``tests.factories``) and plain-Python references for
+every figure."""
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import rollups
-from kiban.models import UsageRecord, User
-
-T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
-MODELS = ("gpt-4o-mini", "gpt-4o", "extractive")
-ENDPOINTS = ("ai_test", "ai_stream", "chat_completions")
-STATUS_WEIGHTS = {"ok": 70, "no_context": 8, "error": 8, "cancelled": 4, "rejected": 10}
+from kiban.models import UsageRecord
+from tests.factories import STATUS_WEIGHTS, LedgerSpec, seed_ledger
 
 
-def make_records(
-    n: int, users: Sequence[uuid.UUID | None], *, seed: int = 7, hours: int = 72
+@pytest.fixture
+def ledger_owners(request: pytest.FixtureRequest) -> list[uuid.UUID | None]:
+    """The ids of the module's ``LEDGER.owners``, each resolved as the fixture it names."""
+    # A plain fixture: async ones cannot resolve other async fixtures by name.
+    spec: LedgerSpec = request.module.LEDGER
+    return [request.getfixturevalue(owner).id if owner else None for owner in spec.owners]
+
+
+@pytest.fixture
+async def ledger(
+    request: pytest.FixtureRequest, session: AsyncSession, ledger_owners: list[uuid.UUID | None]
 ) -> list[UsageRecord]:
-    """``n`` varied ledger records over ``hours`` hours from T0 (ties and nulls included)."""
-    rnd = random.Random(seed)
-    records = []
-    statuses = list(STATUS_WEIGHTS)
-    weights = list(STATUS_WEIGHTS.values())
-    for i in range(n):
-        status = rnd.choices(statuses, weights)[0]
-        model = rnd.choice(MODELS)
-        endpoint = rnd.choice(ENDPOINTS)
-        rejected = status == "rejected"
-        prompt = 0 if rejected else rnd.randint(1, 2000)
-        completion = 0 if rejected or status == "no_context" else rnd.randint(0, 800)
-        priced = model != "extractive" and not rejected
-        cost = (
-            (
-                Decimal(prompt) * Decimal("0.00000015") + Decimal(completion) * Decimal("0.0000006")
-            ).quantize(Decimal("1e-10"))
-            if priced
-            else None
-        )
-        # Integer-ish latencies repeat, so percentile ties are exercised.
-        latency = float(rnd.choice([rnd.randint(5, 60), round(rnd.lognormvariate(5, 1), 3)]))
-        streamed = endpoint == "ai_stream" and not rejected
-        records.append(
-            UsageRecord(
-                request_id=f"req-{seed}-{i}",
-                created_at=T0 + timedelta(seconds=rnd.uniform(0, hours * 3600)),
-                user_id=rnd.choice(users),
-                plan=rnd.choice(["free", "pro", None]),
-                endpoint=endpoint,
-                model=model,
-                provider="extractive" if model == "extractive" else "openai",
-                streamed=streamed,
-                status=status,
-                error_code="upstream_error" if status == "error" else None,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=prompt + completion,
-                estimated_cost=cost,
-                response_time_ms=0.0 if rejected else latency,
-                time_to_first_token_ms=round(latency / 3, 3) if streamed else None,
-                source_ids=[rnd.randint(1, 50)] if status == "ok" and rnd.random() < 0.5 else None,
-            )
-        )
-    return records
-
-
-async def seed(session: AsyncSession, records: list[UsageRecord]) -> None:
-    """Insert ledger records as the ledger writer does: with their rollups, in one transaction."""
-    columns = [c.key for c in UsageRecord.__table__.columns if c.key != "id"]
-    await rollups.add(session, [{c: getattr(r, c) for c in columns} for r in records])
-    session.add_all(records)
-    await session.commit()
-
-
-async def spend(
-    session: AsyncSession, user: User, tokens: int, at: datetime, status: str = "ok"
-) -> None:
-    """One ledger record of ``tokens`` for ``user`` at ``at``, written as the writer does."""
-    record = UsageRecord(
-        request_id=f"q-{user.id}-{tokens}-{status}-{at.timestamp()}",
-        created_at=at,
-        user_id=user.id,
-        endpoint="ai_test",
-        model="gpt-4o-mini",
-        provider="openai",
-        status=status,
-        prompt_tokens=tokens,
-        completion_tokens=0,
-        total_tokens=tokens,
-        response_time_ms=100.0,
-    )
-    await seed(session, [record])
+    """The seeded ledger the test module's ``LEDGER`` (a ``LedgerSpec``) describes."""
+    return await seed_ledger(session, request.module.LEDGER, ledger_owners)
 
 
 # --- plain-Python references ------------------------------------------------------------------

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin import analytics
-from kiban.admin.percentiles import Selection, Wanted
 from kiban.models import UsageRecord, User
-from tests.admin.conftest import T0, expected_figures, make_records, nearest_rank, seed
+from kiban.usage import Selection, Wanted
+from tests.admin.conftest import expected_figures, nearest_rank
+from tests.factories import T0, LedgerSpec, make_records, write_records
 
 pytestmark = pytest.mark.usefixtures("app")
 
@@ -34,14 +35,9 @@ def _assert_figures(got: dict[str, Any], want: dict[str, Any]) -> None:
             assert got[key] == value, key
 
 
-@pytest.fixture
-async def ledger(session: AsyncSession, user: User, admin: User) -> list[UsageRecord]:
-    records = make_records(600, [user.id, admin.id, None])
-    # Exactly on the window's edges: the start is included, the end is not.
-    records += make_records(2, [user.id], seed=99, hours=0)
-    records[-1].created_at = T0 + timedelta(hours=24)
-    await seed(session, records)
-    return records
+# 600 records, then two of the user exactly on the edges of a window: the start is included,
+# the end is not.
+LEDGER = LedgerSpec(600, ("user", "admin", None), also_at=(T0, T0 + timedelta(hours=24)))
 
 
 # Windows of whole hours (read from the rollup), partial hours at both ends (the ledger), and
@@ -114,7 +110,7 @@ async def test_heavy_ties_fall_back_and_stay_exact(app: FastAPI, session: AsyncS
     records = make_records(300, [None], seed=3)
     for i, r in enumerate(records):
         r.response_time_ms = 42.0 if i % 10 else 7.0  # nine in ten values are the same
-    await seed(session, records)
+    await write_records(session, records)
     window = analytics.Window(T0, T0 + timedelta(days=3))
     async with app.state.sessionmaker() as s:
         got = await analytics.summary(

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.admin.charts import Line, line_chart, y_ticks
 from kiban.core import clock
 from kiban.models import User
-from tests.admin.conftest import make_records, seed
 from tests.admin.test_dashboard_pages import sign_in
+from tests.factories import make_records, write_records
 
 ROUND_STEPS = {m * 10**e for e in range(14) for m in (1, 2, 5)} | {25 * 10**e for e in range(13)}
 
@@ -60,7 +60,7 @@ async def test_the_dashboards_requests_chart_has_whole_number_ticks(
     records = make_records(2, [admin.id], hours=1)
     for r in records:
         r.created_at = clock.now() - timedelta(minutes=5)
-    await seed(session, records)
+    await write_records(session, records)
     await sign_in(client, admin.email)
     page = await client.get("/admin?range=24h")
     assert page.status_code == 200

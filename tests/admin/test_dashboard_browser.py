@@ -27,7 +27,6 @@ from kiban.billing import repository as billing_repo
 from kiban.core import clock
 from kiban.models import UsageRecord, User
 from kiban.settings import Settings
-from tests.admin.conftest import make_records, seed
 from tests.billing.conftest import (
     WEBHOOK_SECRET,
     post_event,
@@ -35,6 +34,7 @@ from tests.billing.conftest import (
     write_plans_file,
 )
 from tests.conftest import DEFAULT_PASSWORD, create_user, make_client, skip_unless_required
+from tests.factories import make_records, write_records
 
 if TYPE_CHECKING:
     from playwright.async_api import ConsoleMessage, Frame, Page, Request, Response
@@ -111,7 +111,7 @@ async def seeded(session: AsyncSession, admin: User) -> list[UsageRecord]:
     for r in records:
         r.created_at = now - timedelta(days=7) + (r.created_at - first) + timedelta(minutes=30)
         r.created_at = min(r.created_at, now - timedelta(minutes=1))
-    await seed(session, records)
+    await write_records(session, records)
     return records
 
 

@@ -17,8 +17,8 @@ from kiban.app import create_app
 from kiban.core import clock
 from kiban.models import ApiKey, RefreshToken, User
 from kiban.settings import Settings
-from tests.admin.conftest import make_records, seed
 from tests.conftest import DEFAULT_PASSWORD, RunningApp, create_user, make_client
+from tests.factories import make_records, write_records
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -60,7 +60,7 @@ async def test_admin_signs_in_and_sees_the_summary(
     records = make_records(120, [admin.id], hours=20)
     for r in records:
         r.created_at = now - (r.created_at - records[0].created_at) % timedelta(hours=20)
-    await seed(session, records)
+    await write_records(session, records)
     r = await sign_in(client, admin.email)
     assert r.status_code == 303, r.text
     assert r.headers["location"] == "/admin"
@@ -126,7 +126,7 @@ async def test_usage_log_page_filters_by_status_and_user(
     records = make_records(80, [admin.id, user.id], hours=1)
     for r in records:
         r.created_at = now - timedelta(minutes=5)
-    await seed(session, records)
+    await write_records(session, records)
     await sign_in(client, admin.email)
     page = await client.get("/admin/requests", params={"status": "error", "user": user.email})
     statuses = re.findall(r'<tr data-status="([^"]+)"', page.text)
@@ -144,7 +144,7 @@ async def test_usage_log_pages_with_a_cursor(
     records = make_records(130, [admin.id], hours=1)
     for r in records:
         r.created_at = now - timedelta(minutes=1)
-    await seed(session, records)
+    await write_records(session, records)
     await sign_in(client, admin.email)
     seen = 0
     url: str | None = "/admin/requests"
@@ -162,7 +162,7 @@ async def test_user_page_shows_plan_quota_and_recent_requests(
     records = make_records(5, [user.id], hours=1)
     for r in records:
         r.created_at = clock.now() - timedelta(minutes=3)
-    await seed(session, records)
+    await write_records(session, records)
     await sign_in(client, admin.email)
     page = await client.get(f"/admin/accounts/{user.id}")
     assert page.status_code == 200
@@ -337,7 +337,7 @@ async def test_the_requests_filter_takes_an_endpoint_by_name_or_by_path(
     records = make_records(60, [admin.id], hours=1)
     for r in records:
         r.created_at = clock.now() - timedelta(minutes=5)
-    await seed(session, records)
+    await write_records(session, records)
     await sign_in(client, admin.email)
     want = sum(1 for r in records if r.endpoint == "ai_stream")
     assert want > 0

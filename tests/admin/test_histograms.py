@@ -12,11 +12,12 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import analytics, histograms
-from kiban.admin.histograms import EDGES, Metric, bin_of, bin_range
+from kiban.admin import analytics
 from kiban.admin.schemas import Interval
-from kiban.models import UsageHistogramDaily, UsageHistogramHourly, UsageRecord, User
-from tests.admin.conftest import T0, expected_figures, make_records, nearest_rank, seed
+from kiban.models import UsageHistogramDaily, UsageHistogramHourly, UsageRecord
+from kiban.usage import EDGES, Metric, bin_of, bin_range, histograms
+from tests.admin.conftest import expected_figures, nearest_rank
+from tests.factories import T0, LedgerSpec, make_records, write_records
 
 PERCENTS = (1, 50, 95, 99, 100)
 METRICS = (
@@ -46,11 +47,7 @@ def test_bins_are_fixed_narrow_and_hold_their_values() -> None:
         assert hi is None or value < hi
 
 
-@pytest.fixture
-async def ledger(session: AsyncSession, user: User) -> list[UsageRecord]:
-    records = make_records(800, [user.id, None], seed=41)
-    await seed(session, records)
-    return records
+LEDGER = LedgerSpec(800, ("user", None), seed=41)
 
 
 def _expected(records: list[UsageRecord], start: object, end: object) -> list[dict[int, float]]:
@@ -149,7 +146,7 @@ async def test_heavy_ties_in_one_bin_stay_exact(session: AsyncSession) -> None:
     records = make_records(400, [None], seed=8)
     for i, r in enumerate(records):
         r.response_time_ms = 2.5 if i % 7 else 2.51
-    await seed(session, records)
+    await write_records(session, records)
     start, end = T0, T0 + timedelta(days=4)
     got = await histograms.percentiles(session, start, end, METRICS[:1], fetch="value")
     assert got is not None

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.admin import quotas
 from kiban.models.billing import BillingSubscription
 from kiban.settings import Settings
-from tests.admin.conftest import spend
 from tests.billing.conftest import PRO_PRICE, write_plans_file
 from tests.conftest import create_user
+from tests.factories import spend
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 

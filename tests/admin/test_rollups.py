@@ -17,13 +17,11 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
-from kiban.admin import analytics, rollups, top_users
-from kiban.admin.histograms import EDGES
+from kiban.admin import analytics, top_users
 from kiban.admin.schemas import RankBy
 from kiban.cli import app as cli
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import alembic_config, upgrade
-from kiban.gateway.ledger import LedgerWriter
 from kiban.models import (
     UsageHistogramDaily,
     UsageHistogramHourly,
@@ -32,8 +30,10 @@ from kiban.models import (
     UsageRollupUserDaily,
     User,
 )
-from tests.admin.conftest import T0, expected_figures, make_records, seed
+from kiban.usage import EDGES, LedgerWriter, rollups
+from tests.admin.conftest import expected_figures
 from tests.conftest import TEST_SECRET, create_user
+from tests.factories import T0, make_records, write_records
 
 COLUMNS = [c.key for c in UsageRecord.__table__.columns if c.key != "id"]
 
@@ -218,7 +218,7 @@ async def test_a_deleted_users_usage_ranks_as_no_user_as_in_the_ledger(
 ) -> None:
     gone = await create_user(session)
     records = make_records(120, [user.id, gone.id, None], seed=21, hours=72)
-    await seed(session, records)
+    await write_records(session, records)
     await session.delete(gone)  # the ledger keeps the rows, with user_id set to NULL
     await session.commit()
     ragged = analytics.Window(T0 + timedelta(hours=5), T0 + timedelta(days=2, hours=3))

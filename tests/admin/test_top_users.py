@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.models import UsageRecord, User
-from tests.admin.conftest import T0, seed
 from tests.admin.test_dashboard_pages import sign_in
 from tests.conftest import create_user
+from tests.factories import T0, write_records
 
 # Ragged days: the middle day comes from the per-user rollup, the edges from the ledger.
 START, END = T0 + timedelta(hours=6), T0 + timedelta(days=2, hours=6)
@@ -62,7 +62,7 @@ async def ranked_users(session: AsyncSession) -> dict[uuid.UUID, str]:
         names[user.id] = name
         for i, (tokens, cost) in enumerate(requests):
             records.append(_record(user.id, TIMES[i % len(TIMES)], tokens, cost))
-    await seed(session, records)
+    await write_records(session, records)
     return names
 
 

@@ -15,17 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.core import clock
 from kiban.models import UsageRecord, User
 from kiban.models.quota import QuotaPeriod
-from tests.admin.conftest import T0, make_records, seed, spend
 from tests.conftest import auth_headers, create_user
+from tests.factories import T0, LedgerSpec, spend
 
 WINDOW = {"from": T0.isoformat(), "to": (T0 + timedelta(days=3)).isoformat()}
 
 
-@pytest.fixture
-async def ledger(session: AsyncSession, user: User, admin: User) -> list[UsageRecord]:
-    records = make_records(300, [user.id, admin.id, None])
-    await seed(session, records)
-    return records
+LEDGER = LedgerSpec(300, ("user", "admin", None))
 
 
 async def test_usage_log_filters_and_pages_newest_first(

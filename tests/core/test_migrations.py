@@ -1,5 +1,8 @@
 """Alembic is the only schema path: the models and the migrations must agree on both databases."""
 
+import ast
+from pathlib import Path
+
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kiban.core.migrations import migration_status
@@ -16,3 +19,18 @@ async def test_models_and_migrations_agree(database_url: str) -> None:
         await engine.dispose()
     assert status.at_head
     assert diff == [], f"models and migrations differ; add a migration: {diff}"
+
+
+def test_migrations_import_nothing_from_kiban() -> None:
+    """A migration keeps frozen copies of what it computes: live code may change, it may not."""
+    versions = Path(__file__).resolve().parents[2] / "migrations" / "versions"
+    offenders = []
+    for path in sorted(versions.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "kiban"]
+    assert offenders == []

@@ -10,7 +10,8 @@ import pytest
 from fastapi import FastAPI
 
 from kiban.gateway.providers.extractive import NO_ANSWER
-from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, ledger, sse_events, upload
+from tests.factories import ledger, upload
+from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, sse_events
 
 DOC = (
     "Kiban stores every AI request in a usage ledger. "
@@ -43,7 +44,7 @@ async def test_grounded_question_without_documents_answers_no_context_without_up
 async def test_grounded_question_is_answered_by_the_upstream_with_sources_and_cost(
     client: httpx.AsyncClient, user_headers: dict[str, str], app: FastAPI, upstream: FakeUpstream
 ) -> None:
-    await upload(client, user_headers, "refunds.txt", DOC)
+    await upload(client, user_headers, "refunds.txt", DOC, content_type="text/plain", expect=201)
     response = await client.post(
         "/ai/test",
         headers=user_headers,
@@ -77,7 +78,7 @@ async def test_grounded_question_is_answered_by_the_upstream_with_sources_and_co
 async def test_extractive_engine_quotes_the_best_sentence(
     client: httpx.AsyncClient, user_headers: dict[str, str], app: FastAPI, upstream: FakeUpstream
 ) -> None:
-    await upload(client, user_headers, "facts.txt", DOC)
+    await upload(client, user_headers, "facts.txt", DOC, content_type="text/plain", expect=201)
     response = await client.post(
         "/ai/test",
         headers=user_headers,
@@ -97,7 +98,7 @@ async def test_extractive_engine_quotes_the_best_sentence(
 async def test_stream_sends_deltas_then_one_done_event(
     client: httpx.AsyncClient, user_headers: dict[str, str], app: FastAPI, upstream: FakeUpstream
 ) -> None:
-    await upload(client, user_headers, "facts.txt", DOC)
+    await upload(client, user_headers, "facts.txt", DOC, content_type="text/plain", expect=201)
     response = await client.post(
         "/ai/stream", headers=user_headers, json={"prompt": "When are refunds processed?"}
     )

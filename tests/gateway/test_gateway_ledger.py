@@ -5,49 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
 
-from kiban.core import clock
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.core.migrations import upgrade
-from kiban.gateway.ledger import LedgerWriter
 from kiban.models import User
+from kiban.usage import LedgerWriter
 from tests.conftest import auth_headers, create_user
-from tests.gateway.gateway_helpers import ledger
+from tests.factories import ledger, ledger_record
 
 ASK = {"prompt": "Say something.", "grounded": False}
-
-
-def record(user_id: uuid.UUID | None = None, **fields: object) -> dict[str, object]:
-    values: dict[str, object] = {
-        "request_id": uuid.uuid4().hex,
-        "created_at": clock.now(),
-        "user_id": user_id,
-        "api_key_id": None,
-        "plan": None,
-        "endpoint": "ai_test",
-        "model": "extractive",
-        "provider": "extractive",
-        "streamed": False,
-        "status": "ok",
-        "error_code": None,
-        "prompt_tokens": 1,
-        "completion_tokens": 2,
-        "total_tokens": 3,
-        "cached_tokens": 0,
-        "estimated_cost": None,
-        "response_time_ms": 1.0,
-        "time_to_first_token_ms": None,
-        "source_ids": None,
-        "prompt_text": None,
-        "response_text": None,
-    }
-    values.update(fields)
-    return values
 
 
 async def test_writer_retries_until_the_database_accepts_the_batch(tmp_path: Path) -> None:
@@ -55,8 +25,8 @@ async def test_writer_retries_until_the_database_accepts_the_batch(tmp_path: Pat
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'late.db'}")
     writer = LedgerWriter(create_sessionmaker(engine), flush_interval=0.0, max_backoff=0.05)
     writer.start()
-    writer.submit(record())
-    writer.submit(record())
+    writer.submit(ledger_record())
+    writer.submit(ledger_record())
     await asyncio.sleep(0.3)
     assert writer.written == 0
     await upgrade(engine)
@@ -71,7 +41,7 @@ async def test_writer_absorbs_a_burst_larger_than_its_queue(app: FastAPI) -> Non
     writer = LedgerWriter(app.state.sessionmaker, queue_size=5, batch_size=3, flush_interval=0.0)
     writer.start()
     for _ in range(40):
-        writer.submit(record())
+        writer.submit(ledger_record())
     await asyncio.wait_for(writer.flush(), 10)
     await writer.close()
     assert (writer.written, writer.dropped) == (40, 0)
@@ -81,7 +51,7 @@ async def test_records_queued_at_shutdown_are_written(app: FastAPI) -> None:
     writer = LedgerWriter(app.state.sessionmaker, flush_interval=10.0)
     writer.start()
     for _ in range(3):
-        writer.submit(record())
+        writer.submit(ledger_record())
     await writer.close()
     assert writer.written == 3
     assert len(await ledger(app)) == 3

@@ -9,9 +9,8 @@ import pytest
 from fastapi import FastAPI
 
 from kiban.core.metrics import REGISTRY
-from kiban.gateway.ledger import LedgerWriter
-from tests.gateway.gateway_helpers import ledger
-from tests.gateway.test_gateway_ledger import record
+from kiban.usage import LedgerWriter
+from tests.factories import ledger, ledger_record
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +25,10 @@ def dropped_total() -> float:
 async def test_a_record_submitted_after_close_is_counted_as_dropped(app: FastAPI) -> None:
     writer = LedgerWriter(app.state.sessionmaker, flush_interval=0.0)
     writer.start()
-    writer.submit(record())
+    writer.submit(ledger_record())
     await writer.close()
     before = dropped_total()
-    writer.submit(record())  # e.g. a stream cancelled at shutdown, finishing late
+    writer.submit(ledger_record())  # e.g. a stream cancelled at shutdown, finishing late
     assert (writer.written, writer.dropped) == (1, 1)
     assert dropped_total() == before + 1
     assert len(await ledger(app)) == 1
@@ -40,10 +39,10 @@ async def test_a_record_the_database_refuses_does_not_stall_the_others(app: Fast
     # key: retrying its batch forever would hold back every record after it.
     writer = LedgerWriter(app.state.sessionmaker, flush_interval=0.0, max_backoff=0.05)
     writer.start()
-    orphan = record(uuid.uuid4())
-    writer.submit(record())
+    orphan = ledger_record(uuid.uuid4())
+    writer.submit(ledger_record())
     writer.submit(orphan)
-    writer.submit(record())
+    writer.submit(ledger_record())
     await asyncio.wait_for(writer.flush(), 5)
     await writer.close()
     assert (writer.written, writer.dropped) == (3, 0)

@@ -18,7 +18,8 @@ from kiban.core.metrics import REGISTRY
 from kiban.gateway.providers.base import ProviderRequest
 from kiban.settings import Settings
 from tests.conftest import RunningApp, auth_headers, create_user, make_client
-from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, Fault, ledger, sse_events
+from tests.factories import ledger
+from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, Fault, sse_events
 
 ASK = {"prompt": "Say something.", "grounded": False}
 

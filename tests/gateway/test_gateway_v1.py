@@ -9,7 +9,8 @@ from fastapi import FastAPI
 
 from kiban.core.metrics import REGISTRY
 from kiban.gateway.providers.extractive import NO_ANSWER
-from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, ledger, upload
+from tests.factories import ledger, upload
+from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream
 
 QUESTION = [{"role": "user", "content": "Say something about foxes."}]
 
@@ -221,6 +222,8 @@ async def test_grounding_is_opt_in_and_returns_sources(
         user_headers,
         "foxes.txt",
         "Foxes are small omnivores. Foxes live on every continent except Antarctica.",
+        content_type="text/plain",
+        expect=201,
     )
     completion = await sdk(app, user_headers).chat.completions.create(
         model="gpt-4o-mini",
@@ -256,8 +259,22 @@ async def test_extractive_model_on_v1_without_documents_says_so(
 async def test_grounding_extension_top_k_limits_the_sources(
     app: FastAPI, user_headers: dict[str, str], client: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:
-    await upload(client, user_headers, "foxes.txt", "Foxes live on every continent.")
-    await upload(client, user_headers, "more-foxes.txt", "Red foxes live in forests.")
+    await upload(
+        client,
+        user_headers,
+        "foxes.txt",
+        "Foxes live on every continent.",
+        content_type="text/plain",
+        expect=201,
+    )
+    await upload(
+        client,
+        user_headers,
+        "more-foxes.txt",
+        "Red foxes live in forests.",
+        content_type="text/plain",
+        expect=201,
+    )
     question = [{"role": "user", "content": "Where do foxes live?"}]
     sources = []
     for top_k in (None, 1):

@@ -1,4 +1,4 @@
-"""Helpers for the knowledge tests: uploading files through the real HTTP API."""
+"""Helpers for the knowledge tests: searching through the real HTTP API, a minimal PDF."""
 
 from __future__ import annotations
 
@@ -6,25 +6,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-
-async def upload(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    filename: str,
-    data: bytes | str,
-    *,
-    shared: bool = False,
-    content_type: str = "application/octet-stream",
-) -> httpx.Response:
-    """POST one file to /ai/upload."""
-    body = data.encode("utf-8") if isinstance(data, str) else data
-    return await client.post(
-        "/ai/upload",
-        headers=headers,
-        files={"files": (filename, body, content_type)},
-        data={"shared": "true"} if shared else None,
-    )
 
 
 async def search(

@@ -14,7 +14,8 @@ from kiban.knowledge import service
 from kiban.models import Role, User
 from kiban.models.knowledge import DocumentChunk
 from tests.conftest import auth_headers, create_user, make_client
-from tests.knowledge.conftest import search, upload
+from tests.factories import upload
+from tests.knowledge.conftest import search
 
 REFUNDS = (
     "Refund policy\n\nRefunds are processed within 14 days of the request. "

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import auth_headers, create_user
-from tests.knowledge.conftest import upload
+from tests.factories import upload
 
 REFUNDS = (
     "Refund policy\n\nRefunds are processed within 14 days of the request. "

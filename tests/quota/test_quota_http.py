@@ -10,22 +10,16 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from kiban.app import create_app
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
-from kiban.models import UsageRecord, User
+from kiban.models import User
 from kiban.quota.store import Reservation
 from tests.conftest import RunningApp, auth_headers, create_user, make_client
+from tests.factories import ledger
 
 QUESTION = [{"role": "user", "content": "What does the fox do?"}]
-
-
-async def ledger(app: FastAPI) -> list[UsageRecord]:
-    await app.state.gateway.ledger.flush()
-    async with app.state.sessionmaker() as session:
-        return list((await session.scalars(select(UsageRecord).order_by(UsageRecord.id))).all())
 
 
 async def chat(

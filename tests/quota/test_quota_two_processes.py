@@ -17,18 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
 from kiban.auth.keys import load_keyring
 from kiban.auth.verify import issue_access_token
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
-from kiban.core.db import create_engine, create_sessionmaker
-from kiban.models import UsageRecord
 from kiban.quota import build_store
 from kiban.quota.store import Reservation
 from kiban.settings import Settings
 from tests.conftest import TEST_SECRET
+from tests.factories import ledger_count
 from tests.quota.conftest import insert_user
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
@@ -134,16 +132,6 @@ async def fire(
     finally:
         for client in clients:
             await client.aclose()
-
-
-async def ledger_count(database_url: str, user_id: uuid.UUID) -> int:
-    engine = create_engine(database_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            query = select(func.count()).where(UsageRecord.user_id == user_id)
-            return int(await session.scalar(query) or 0)
-    finally:
-        await engine.dispose()
 
 
 async def test_quota_and_rate_limits_are_global_across_processes(

@@ -14,10 +14,10 @@ Definitions (also in the README and checked by the tests against plain Python):
 
 Sums of cost are taken in integer units of 1e-10 USD (the ledger's scale), exact on both databases.
 Counts, tokens and cost come from the rollups for the whole hours (days, for top users) of a
-window and from the ledger for its partial edges (``kiban.admin.rollups``). Percentiles are exact
-values of the ledger, located with the hourly histograms (``kiban.admin.histograms``); one user's
+window and from the ledger for its partial edges (``kiban.usage.rollups``). Percentiles are exact
+values of the ledger, located with the hourly histograms (``kiban.usage.histograms``); one user's
 summary and per-group time series, which the histograms do not split, sample the ledger instead
-(``kiban.admin.percentiles``).
+(``kiban.usage.percentiles``).
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import histograms, rollups
 from kiban.admin.exceptions import InvalidWindow, TooManyBuckets
-from kiban.admin.percentiles import Column, Selection, Wanted, nearest_rank
 from kiban.admin.schemas import (
     GroupBy,
     Interval,
@@ -57,6 +55,16 @@ from kiban.admin.schemas import (
 )
 from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus
 from kiban.models.rollup import NO_PLAN
+from kiban.usage import (
+    LATENCY,
+    TTFT,
+    Column,
+    Selection,
+    Wanted,
+    histograms,
+    nearest_rank,
+    rollups,
+)
 
 COST_SCALE = 10**10  # the ledger stores Numeric(20, 10)
 MAX_BUCKETS = 2_000
@@ -64,8 +72,8 @@ LATENCY_PERCENTS = (50, 95, 99)
 TTFT_PERCENTS = (50, 95)
 STATUSES = tuple(s.value for s in UsageStatus)
 _METRICS = (
-    histograms.Metric(histograms.LATENCY, UsageRecord.response_time_ms, LATENCY_PERCENTS),
-    histograms.Metric(histograms.TTFT, UsageRecord.time_to_first_token_ms, TTFT_PERCENTS),
+    histograms.Metric(LATENCY, UsageRecord.response_time_ms, LATENCY_PERCENTS),
+    histograms.Metric(TTFT, UsageRecord.time_to_first_token_ms, TTFT_PERCENTS),
 )
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 OUT_OF_RANGE = "'from' and 'to' must be times between the years 1 and 9999."

@@ -6,9 +6,9 @@ import asyncio
 
 import typer
 
-from kiban.admin import rollups
 from kiban.core.db import create_engine, create_sessionmaker, session_scope
 from kiban.settings import Settings
+from kiban.usage import rollups
 
 admin_app = typer.Typer(help="Analytics upkeep.", no_args_is_help=True)
 

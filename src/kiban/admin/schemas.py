@@ -1,7 +1,7 @@
 """Response shapes of the admin analytics API.
 
 Costs are exact decimals (USD), serialized as strings so no JSON float rounds them. Percentiles
-are nearest-rank (see ``kiban.admin.percentiles``) in milliseconds, null when no request counts.
+are nearest-rank (see ``kiban.usage.percentiles``) in milliseconds, null when no request counts.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ requests, then cost; by requests, then tokens, then cost; and last by user id, s
 stable.
 
 Whole days come from the per-user daily rollup, the window's partial days from the ledger, ranked
-together in one ``UNION ALL`` query (``kiban.admin.rollups``).
+together in one ``UNION ALL`` query (``kiban.usage.rollups``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import Select, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import rollups
 from kiban.admin.analytics import Window, between, cost_units, units_to_usd, without_jit
 from kiban.admin.schemas import RankBy, TopUser, TopUsers
 from kiban.models import UsageRecord, UsageRollupUserDaily, User
+from kiban.usage import rollups
 
 U = UsageRecord
 D = UsageRollupUserDaily

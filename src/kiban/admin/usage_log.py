@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import uuid
@@ -10,37 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from kiban.admin.analytics import Window
 from kiban.admin.schemas import LogEntry, LogPage
-from kiban.models import UsageRecord, User
+from kiban.models import UsageRecord
+from kiban.usage import EXPORT_COLUMNS, queries
 
 U = UsageRecord
 
-EXPORT_COLUMNS = (
-    "id",
-    "request_id",
-    "created_at",
-    "user_id",
-    "api_key_id",
-    "plan",
-    "endpoint",
-    "model",
-    "provider",
-    "streamed",
-    "status",
-    "error_code",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "estimated_cost",
-    "response_time_ms",
-    "time_to_first_token_ms",
-    "source_ids",
-)
 EXPORT_BATCH_ROWS = 2_000
 MAX_ID = 2**63 - 1  # a BIGINT: a larger cursor would overflow the driver (a 500)
 
@@ -72,39 +52,25 @@ async def usage_page(
     session: AsyncSession, where: LogFilter, *, before: int | None = None, limit: int = 50
 ) -> LogPage:
     """One page of ledger rows, newest first; ``before`` is the previous page's cursor."""
-    query = (
-        select(U, User.email)
-        .outerjoin(User, User.id == U.user_id)
-        .where(*where.clauses())
-        .order_by(U.id.desc())
-        .limit(limit + 1)
+    rows, more = await queries.records_with_emails(
+        session, where.clauses(), before=before, limit=limit
     )
-    if before is not None:
-        query = query.where(U.id < before)
-    rows = (await session.execute(query)).all()
     entries = []
-    for record, email in rows[:limit]:
+    for record, email in rows:
         entry = LogEntry.model_validate(record)
         entry.email = email
         entries.append(entry)
-    next_before = entries[-1].id if len(rows) > limit else None
+    next_before = entries[-1].id if more else None
     return LogPage(entries=entries, next_before=next_before)
 
 
 async def distinct_values(session: AsyncSession, window: Window) -> dict[str, list[str]]:
     """The models, endpoints and statuses seen in a window (the table's filter choices)."""
-    values: dict[str, list[str]] = {}
-    for name, column in (("model", U.model), ("endpoint", U.endpoint), ("status", U.status)):
-        rows = await session.execute(
-            select(column).where(*window.filters()).group_by(column).order_by(column)
-        )
-        values[name] = [str(v) for v in rows.scalars()]
-    return values
+    return await queries.distinct_values(session, window.filters())
 
 
 def export_query(window: Window) -> Select[Any]:
-    columns = [getattr(U, name) for name in EXPORT_COLUMNS]
-    return select(*columns).where(*window.filters()).order_by(U.id)
+    return queries.export_query(window.filters())
 
 
 async def export_csv(engine: AsyncEngine, window: Window) -> AsyncIterator[bytes]:
@@ -117,11 +83,9 @@ async def export_csv(engine: AsyncEngine, window: Window) -> AsyncIterator[bytes
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue().encode()
-    async with engine.connect() as conn:
-        result = await conn.stream(
-            export_query(window).execution_options(yield_per=EXPORT_BATCH_ROWS)
-        )
-        async for batch in result.partitions():
+    batches = queries.stream_export(engine, window.filters(), batch_rows=EXPORT_BATCH_ROWS)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
             buffer.seek(0)
             buffer.truncate()
             writer.writerows(_csv_row(row) for row in batch)

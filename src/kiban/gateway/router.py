@@ -13,10 +13,11 @@ from kiban.core.db import SessionDep
 from kiban.core.errors import Forbidden
 from kiban.gateway import ask
 from kiban.gateway.dependencies import GatewayDep
-from kiban.gateway.repository import LogFilter, list_records
+from kiban.gateway.logs import list_records
 from kiban.gateway.schemas import AskRequest, AskResponse, LogEntry, LogPage
 from kiban.gateway.streaming import CallStream
 from kiban.models import UsageStatus
+from kiban.usage import RecordFilter
 
 router = APIRouter(prefix="/ai", tags=["ai"])
 
@@ -107,7 +108,7 @@ async def logs(
     owner = None if all_users and user_id is None else (user_id or me.id)
     rows, next_cursor = await list_records(
         session,
-        LogFilter(
+        RecordFilter(
             user_id=owner,
             endpoint=endpoint,
             model=model,

@@ -19,7 +19,6 @@ from kiban.core.context import current_request_id
 from kiban.gateway import grounding
 from kiban.gateway.admission import Admission, OpenAdmission
 from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
-from kiban.gateway.ledger import LedgerWriter
 from kiban.gateway.pipeline import Call
 from kiban.gateway.pricing import PriceTable, load_prices
 from kiban.gateway.providers.base import Provider
@@ -29,6 +28,7 @@ from kiban.gateway.tokenizer import count_text, encoding
 from kiban.knowledge import service as knowledge
 from kiban.knowledge.service import RetrievedChunk
 from kiban.settings import Settings
+from kiban.usage import LedgerWriter
 
 log = structlog.get_logger("kiban.gateway")
 

@@ -1,9 +1,9 @@
 """Rollups of the usage ledger for admin analytics (decision 0055).
 
-Written in the same transaction as the ledger rows they count (``kiban.admin.rollups.add``), so
+Written in the same transaction as the ledger rows they count (``kiban.usage.rollups.add``), so
 they never disagree with the ledger. Only additive figures live here: counts, sums, and
 histograms of latency and time to first token, which narrow an exact percentile down to the few
-ledger values of one histogram bin (``kiban.admin.histograms``). Key columns are NOT NULL so an
+ledger values of one histogram bin (``kiban.usage.histograms``). Key columns are NOT NULL so an
 upsert always finds its row: a NULL plan is stored as ``''``, an anonymous record's user as the
 nil UUID.
 """
@@ -57,7 +57,7 @@ class UsageRollupUserDaily(Base):
 class UsageHistogramHourly(Base):
     """How many ledger values fell in each bin per UTC hour: latency (every record except
     rejected ones) and time to first token (those that have one). Bins are fixed
-    (``kiban.admin.histograms.EDGES``)."""
+    (``kiban.usage.bins.EDGES``)."""
 
     __tablename__ = "usage_histograms_hourly"
 

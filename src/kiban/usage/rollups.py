@@ -20,7 +20,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import histograms
 from kiban.core import clock
 from kiban.models import (
     UsageHistogramDaily,
@@ -31,6 +30,7 @@ from kiban.models import (
     UsageStatus,
 )
 from kiban.models.rollup import NO_PLAN, NO_USER
+from kiban.usage.bins import record_bins
 
 COST_SCALE = 10**10  # the ledger stores Numeric(20, 10): costs are whole 1e-10 USD units
 HOUR = timedelta(hours=1)
@@ -86,7 +86,7 @@ async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]
         _accumulate(hourly, (*key, record.get("plan") or NO_PLAN), figures)
         user = record.get("user_id") or NO_USER
         _accumulate(daily, (hour.replace(hour=0), user), (1, total, units))
-        for metric, index in histograms.record_bins(record):
+        for metric, index in record_bins(record):
             _accumulate(binned, (hour, metric, index), (1,))
             _accumulate(binned_daily, (hour.replace(hour=0), metric, index), (1,))
     await _upsert(session, R.__table__, _HOURLY_KEYS, _HOURLY_FIGURES, hourly)  # type: ignore[arg-type]

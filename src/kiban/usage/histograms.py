@@ -1,7 +1,7 @@
 """Exact latency and TTFT percentiles from per-hour histograms (decision 0062).
 
 A nearest-rank percentile of a window needs, in principle, every value in it; sampling
-(``kiban.admin.percentiles``) still reads the window twice. The histogram rollup keeps instead,
+(``kiban.usage.percentiles``) still reads the window twice. The histogram rollup keeps instead,
 per UTC hour, how many values fell in each of a fixed set of bins, written with each ledger batch
 like the other rollups (and per UTC day). For a window:
 
@@ -22,7 +22,6 @@ its effect on the rollups' counts) until ``rebuild-rollups``.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,17 +31,16 @@ import structlog
 from sqlalchemy import ColumnElement, and_, false, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.admin import rollups
-from kiban.admin.percentiles import Column, nearest_rank
 from kiban.models import UsageHistogramDaily, UsageHistogramHourly, UsageRecord, UsageStatus
+from kiban.usage import rollups
+from kiban.usage.bins import LATENCY, TTFT, bin_of, bin_range
+from kiban.usage.percentiles import Column, nearest_rank
 
 log = structlog.get_logger(__name__)
 
 H = UsageHistogramHourly
 HD = UsageHistogramDaily
 U = UsageRecord
-LATENCY = "latency"
-TTFT = "ttft"
 # What reading one index entry by time costs against one by value (the time scan tests every
 # row against the bins): measured on the 1M-record bench, ~0.3-0.5 against ~0.2 microseconds.
 TIME_ENTRY_COST = 2
@@ -55,43 +53,6 @@ FETCH_LIMIT = 200_000
 # than this is fetched over the whole window.
 PARTS_PER_STATEMENT = 200
 MAX_SPANS = 64
-
-
-def _edges() -> tuple[float, ...]:
-    # 0, then from 0.01 ms up by 5% (rounded to four significant digits, so the edges are exact
-    # decimal-looking floats) until past 10^8 ms: a bin is never wider than 5% of its values.
-    # Never change these without a migration that rebuilds usage_histograms_hourly.
-    edges, i = [0.0], 0
-    while edges[-1] < 1e8:
-        edges.append(float(f"{0.01 * 1.05**i:.4g}"))
-        i += 1
-    return tuple(edges)
-
-
-EDGES = _edges()
-
-
-def bin_of(value: float) -> int:
-    """The bin of a value: bin ``i`` holds ``EDGES[i-1] <= value < EDGES[i]`` (open at the ends)."""
-    return bisect_right(EDGES, value)
-
-
-def bin_range(index: int) -> tuple[float | None, float | None]:
-    """A bin's bounds ``[lo, hi)``; ``None`` where it is open."""
-    lo = EDGES[index - 1] if index > 0 else None
-    hi = EDGES[index] if index < len(EDGES) else None
-    return lo, hi
-
-
-def record_bins(record: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The (metric, bin) pairs a ledger record adds to the histograms."""
-    if record["status"] == UsageStatus.REJECTED:  # never reached a provider: no latency
-        return []
-    bins = [(LATENCY, bin_of(float(record.get("response_time_ms") or 0.0)))]
-    ttft = record.get("time_to_first_token_ms")
-    if ttft is not None:
-        bins.append((TTFT, bin_of(float(ttft))))
-    return bins
 
 
 @dataclass(frozen=True)

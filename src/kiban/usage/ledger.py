@@ -25,12 +25,12 @@ from sqlalchemy import insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kiban.admin import rollups
 from kiban.core.db import session_scope
 from kiban.core.metrics import LEDGER_DROPPED, LEDGER_QUEUE_DEPTH, LEDGER_WRITTEN
 from kiban.models import UsageRecord
+from kiban.usage import rollups
 
-log = structlog.get_logger("kiban.gateway.ledger")
+log = structlog.get_logger("kiban.usage.ledger")
 
 Record = dict[str, Any]  # UsageRecord column values
 

@@ -1,0 +1,58 @@
+"""Usage: the ledger of AI requests and everything computed from it.
+
+- ``ledger``: ``LedgerWriter``, the durable, batched writer of ledger records (``Record``);
+- ``rollups``: hourly and per-user daily sums, written in the ledger writer's transaction, and
+  how a window splits into what they answer and the edges read from the ledger;
+- ``bins``: the fixed latency and TTFT histogram bins a record adds to;
+- ``histograms``: exact percentiles located with those bins;
+- ``percentiles``: exact nearest-rank percentiles by sampled selection (no histogram needed);
+- ``queries``: reads of the ledger (newest-first pages, a window's values, the export's rows).
+
+A layer below ``gateway`` and ``admin``: it imports only ``core``, ``models`` and ``settings``.
+The callers shape what they read (HTTP pages, cursors, CSV).
+"""
+
+from kiban.usage import bins, histograms, percentiles, queries, rollups
+from kiban.usage.bins import EDGES, LATENCY, TTFT, bin_of, bin_range, record_bins
+from kiban.usage.histograms import Buckets, Fetch, Metric
+from kiban.usage.ledger import LedgerWriter, Record
+from kiban.usage.percentiles import Column, Selection, Wanted, nearest_rank
+from kiban.usage.queries import (
+    EXPORT_COLUMNS,
+    RecordFilter,
+    distinct_values,
+    export_query,
+    newest_records,
+    records_with_emails,
+    stream_export,
+)
+
+__all__ = [
+    "EDGES",
+    "EXPORT_COLUMNS",
+    "LATENCY",
+    "TTFT",
+    "Buckets",
+    "Column",
+    "Fetch",
+    "LedgerWriter",
+    "Metric",
+    "Record",
+    "RecordFilter",
+    "Selection",
+    "Wanted",
+    "bin_of",
+    "bin_range",
+    "bins",
+    "distinct_values",
+    "export_query",
+    "histograms",
+    "nearest_rank",
+    "newest_records",
+    "percentiles",
+    "queries",
+    "record_bins",
+    "records_with_emails",
+    "rollups",
+    "stream_export",
+]
