@@ -13,11 +13,12 @@ from kiban.admin.exceptions import CsrfFailed
 from kiban.admin.pages import render
 from kiban.admin.web_auth import Viewer, check_csrf, current_viewer, finish, sign_in_redirect
 from kiban.auth import api_keys
-from kiban.auth.dependencies import KeyRingDep, SettingsDep
+from kiban.auth.dependencies import KeyRingDep
 from kiban.billing import service as billing
 from kiban.billing.exceptions import BillingNotConfigured, NoBillingAccount, StripeUnavailable
 from kiban.billing.stripe_client import StripeClient
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SettingsDep
 from kiban.settings import Settings
 
 router = APIRouter(include_in_schema=False)

@@ -21,7 +21,7 @@ from kiban.admin import usage_log
 from kiban.admin.exceptions import CsrfFailed
 from kiban.admin.pages import admin_or_response, render
 from kiban.admin.web_auth import Viewer, check_csrf, finish, safe_next
-from kiban.auth.dependencies import KeyRingDep, SessionmakerDep, SettingsDep
+from kiban.auth.dependencies import KeyRingDep
 from kiban.billing import inbox, operator, service
 from kiban.billing import repository as billing_repo
 from kiban.billing.exceptions import UnknownEvent
@@ -29,6 +29,7 @@ from kiban.billing.fold import FAILED, OUTCOMES, PENDING, UNMATCHED
 from kiban.billing.plans import PlanCatalog
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SessionmakerDep, SettingsDep
 from kiban.models import User
 from kiban.models.billing import SubscriptionState
 from kiban.settings import Settings

@@ -34,9 +34,10 @@ from kiban.admin.web_auth import (
     set_session_cookies,
 )
 from kiban.auth import refresh, service
-from kiban.auth.dependencies import KeyRingDep, SessionmakerDep, SettingsDep
+from kiban.auth.dependencies import KeyRingDep
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SessionmakerDep, SettingsDep
 from kiban.core.errors import AppError
 from kiban.models import User
 from kiban.settings import Settings

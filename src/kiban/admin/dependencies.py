@@ -12,13 +12,13 @@ from kiban.admin.web_auth import current_viewer, set_session_cookies
 from kiban.auth import exceptions as auth_exc
 from kiban.auth.dependencies import (
     KeyRingDep,
-    SettingsDep,
     bearer_credentials,
     get_admin_user,
     get_principal,
 )
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SettingsDep
 from kiban.models import User
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kiban.admin.exceptions import MetricsForbidden
-from kiban.auth.dependencies import SettingsDep
+from kiban.core.dependencies import SettingsDep
 from kiban.core.metrics import REGISTRY
 
 router = APIRouter(tags=["ops"])

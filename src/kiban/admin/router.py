@@ -23,9 +23,9 @@ from kiban.admin.schemas import (
     TopUsers,
 )
 from kiban.admin.web_auth import set_session_cookies
-from kiban.auth.dependencies import SettingsDep
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SettingsDep
 
 router = APIRouter(prefix="/admin/analytics", tags=["admin"])
 

@@ -1,4 +1,4 @@
-"""Typed dependencies: `CurrentPrincipal`, `CurrentUser`, `AdminUser`, `TokenUser` and friends."""
+"""Who is calling: `CurrentPrincipal`, `CurrentUser`, `AdminUser`, `TokenUser` and `KeyRingDep`."""
 
 from __future__ import annotations
 
@@ -8,20 +8,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.auth import exceptions as exc
 from kiban.auth.api_keys import authenticate_api_key, looks_like_api_key
 from kiban.auth.keys import KeyRing
 from kiban.auth.verify import verify_access_token
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SessionmakerDep, SettingsDep
 from kiban.models import User
-from kiban.settings import Settings
-
-
-async def get_settings_dep(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def get_keyring(request: Request) -> KeyRing:
@@ -29,17 +23,8 @@ async def get_keyring(request: Request) -> KeyRing:
     return keyring
 
 
-async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    return sessionmaker
-
-
-# Plain values read from app.state: `async def` so FastAPI calls them inline rather than sending
-# each through its thread pool (this is every authenticated request's hot path).
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+# Read from app.state: `async def` so FastAPI calls it inline, not through its thread pool.
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
-# For writes that must commit on their own (throttling, theft detection, API key last use).
-SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 
 # Declares the scheme in OpenAPI so Swagger's Authorize button signs in through /auth/token; it
 # never raises itself (auto_error=False): ``bearer_credentials`` below says precisely what is wrong.

@@ -13,8 +13,6 @@ from kiban.auth import exceptions as exc
 from kiban.auth.dependencies import (
     CurrentUser,
     KeyRingDep,
-    SessionmakerDep,
-    SettingsDep,
     TokenUser,
 )
 from kiban.auth.schemas import (
@@ -28,6 +26,7 @@ from kiban.auth.schemas import (
     UserOut,
 )
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SessionmakerDep, SettingsDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from kiban.auth.dependencies import AdminUser, SessionmakerDep, SettingsDep
+from kiban.auth.dependencies import AdminUser
 from kiban.billing import inbox, operator, repository, service
 from kiban.billing.dependencies import PlanCatalogDep
 from kiban.billing.exceptions import UnknownEvent
@@ -15,6 +15,7 @@ from kiban.billing.fold import OUTCOMES
 from kiban.billing.schemas import InboxEventOut, InboxPage, ReapplyOut, SubscriptionPage
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SessionmakerDep, SettingsDep
 from kiban.core.errors import BadRequest
 
 router = APIRouter(prefix="/admin/billing", tags=["admin"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from kiban.auth.dependencies import CurrentUser, SettingsDep
+from kiban.auth.dependencies import CurrentUser
 from kiban.billing import inbox, service
 from kiban.billing.dependencies import PlanCatalogDep, StripeDep
 from kiban.billing.schemas import (
@@ -16,6 +16,7 @@ from kiban.billing.schemas import (
     WebhookOut,
 )
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SettingsDep
 
 router = APIRouter(prefix="/billing", tags=["billing"])
 

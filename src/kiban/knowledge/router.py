@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 
-from kiban.auth.dependencies import CurrentUser, SettingsDep
+from kiban.auth.dependencies import CurrentUser
 from kiban.billing.entitlements import resolve_entitlement
 from kiban.core import clock
 from kiban.core.db import SessionDep
+from kiban.core.dependencies import SettingsDep
 from kiban.knowledge import documents, service
 from kiban.knowledge import exceptions as exc
 from kiban.knowledge.indexing import ChunkingOptions, IndexedDocument
