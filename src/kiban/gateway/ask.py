@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.core.errors import Unprocessable
 from kiban.gateway import grounding
-from kiban.gateway.pipeline import Call, Outcome
+from kiban.gateway.call import Call, Outcome
 from kiban.gateway.providers.base import CompletionStream, ProviderRequest, StreamChunk, TokenUsage
 from kiban.gateway.providers.extractive import NO_ANSWER, fixed_stream
 from kiban.gateway.schemas import AskRequest

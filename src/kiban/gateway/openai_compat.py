@@ -20,7 +20,7 @@ import orjson
 
 from kiban.core.errors import AppError
 from kiban.gateway.exceptions import InvalidRequest, openai_error_type
-from kiban.gateway.pipeline import Call, Outcome
+from kiban.gateway.call import Call, Outcome
 from kiban.gateway.providers.base import CompletionStream, StreamChunk
 from kiban.gateway.service import Limits
 from kiban.gateway.streaming import StreamFormat

@@ -20,7 +20,7 @@ from kiban.gateway import grounding
 from kiban.gateway.admission import Admission, OpenAdmission
 from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
 from kiban.gateway.ledger import LedgerWriter
-from kiban.gateway.pipeline import Call
+from kiban.gateway.call import Call, Recorder
 from kiban.gateway.pricing import PriceTable, load_prices
 from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
@@ -73,6 +73,7 @@ class Gateway:
         self.ledger = ledger
         self.content_policy = content_policy(settings)
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.recorder = Recorder(prices, ledger, self.content_policy, self.track)
 
     @classmethod
     def create(
@@ -128,7 +129,7 @@ class Gateway:
         state = request.scope.setdefault("state", {})
         admission: Admission | None = getattr(request.app.state, "admission", None)
         return Call(
-            gateway=self,
+            recorder=self.recorder,
             admission=admission or OpenAdmission(),
             principal=principal,
             request_id=current_request_id() or state.get("request_id") or "",
