@@ -110,6 +110,11 @@ class Call:
         )
         return self.ticket
 
+    @property
+    def limit_headers(self) -> dict[str, str]:
+        """The admission's rate-limit and quota headers: on every response of an admitted call."""
+        return self.ticket.headers if self.ticket is not None else {}
+
     def first_token(self) -> None:
         """Note the time to the first streamed token (once)."""
         if self.first_token_at is None:
@@ -122,9 +127,8 @@ class Call:
             yield self
         except AppError as exc:
             status = UsageStatus.ERROR if self.ticket is not None else UsageStatus.REJECTED
-            if self.ticket is not None:
-                # An admitted request's error response carries the limit headers too.
-                exc.headers = {**self.ticket.headers, **exc.headers}
+            # An admitted request's error response carries the limit headers too.
+            exc.headers = {**self.limit_headers, **exc.headers}
             await self.finish(status, error_code=exc.error_code)
             raise
         except asyncio.CancelledError:
