@@ -27,7 +27,7 @@ PACKAGE_DIR = Path(__file__).parent
 STATIC_DIR = PACKAGE_DIR / "static"
 templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
 
-# The ledger's endpoint names (``gateway.begin(..., endpoint)`` in kiban.gateway's routers) and the
+# The ledger's endpoint names (each surface's ``endpoint`` in kiban.gateway.surfaces) and the
 # paths a client calls, which the dashboard shows instead. The analytics API and the CSV export
 # keep the names.
 ENDPOINT_PATHS = {

@@ -11,11 +11,11 @@ from fastapi import APIRouter, Query, Request, Response
 from kiban.auth.dependencies import CurrentPrincipal
 from kiban.core.db import SessionDep
 from kiban.core.errors import Forbidden
-from kiban.gateway import ask
+from kiban.gateway import flow
 from kiban.gateway.dependencies import GatewayDep
 from kiban.gateway.logs import list_records
 from kiban.gateway.schemas import AskRequest, AskResponse, LogEntry, LogPage
-from kiban.gateway.streaming import CallStream
+from kiban.gateway.surfaces import ask
 from kiban.models import UsageStatus
 from kiban.usage import RecordFilter
 
@@ -34,19 +34,7 @@ async def ask_once(
     request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
 ) -> Response:
     """Answer a question in one JSON response (grounded in your documents unless grounded=false)."""
-    call = gateway.begin(request, principal, "ai_test")
-    async with call.guard():
-        call.model_name = gateway.catalog.default
-        question = ask.parse_ask(await request.body())
-        prepared = await ask.prepare(gateway, session, call, question)
-        await session.commit()  # end the unit of work: no pool connection held during the call
-        text, outcome, finish_reason = await ask.answer(gateway, call, prepared)
-    headers = call.ticket.headers if call.ticket else None
-    return Response(
-        ask.response_body(call, text, outcome, finish_reason),
-        media_type="application/json",
-        headers=headers,
-    )
+    return await flow.serve(ask.ONCE, request, principal, session, gateway)
 
 
 @router.post(
@@ -62,23 +50,9 @@ async def ask_once(
 )
 async def ask_streamed(
     request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
-) -> CallStream:
+) -> Response:
     """Answer a question as server-sent events: ``delta`` events, then one ``done`` event."""
-    call = gateway.begin(request, principal, "ai_stream", streamed=True)
-    async with call.guard():
-        call.model_name = gateway.catalog.default
-        question = ask.parse_ask(await request.body())
-        prepared = await ask.prepare(gateway, session, call, question)
-        await session.commit()  # end the unit of work: no pool connection held during the call
-        stream, success = await ask.open_stream(gateway, call, prepared)
-        return CallStream(
-            call,
-            stream,
-            ask.AskStreamFormat(),
-            keepalive_seconds=gateway.settings.gateway_stream_keepalive_seconds,
-            headers=call.ticket.headers if call.ticket else None,
-            success_status=success,
-        )
+    return await flow.serve(ask.STREAMED, request, principal, session, gateway)
 
 
 @router.get("/logs", response_model=LogPage)

@@ -1,5 +1,5 @@
-"""The gateway service: models, prices, providers and the ledger, started once per app; and the
-steps every AI request shares (start a call, ground it, admit it, pick its provider).
+"""The gateway service: models, prices, providers and the ledger, started once per app; and what
+every AI request asks of them (start a call, the grounding reserve, retrieval, its provider).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from kiban.auth.dependencies import Principal
 from kiban.core.context import current_request_id
 from kiban.gateway import grounding
 from kiban.gateway.admission import Admission, OpenAdmission
+from kiban.gateway.call import Call, Recorder
 from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
-from kiban.gateway.pipeline import Call
 from kiban.gateway.pricing import PriceTable, load_prices
 from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
@@ -73,6 +73,7 @@ class Gateway:
         self.ledger = ledger
         self.content_policy = content_policy(settings)
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.recorder = Recorder(prices, ledger, self.content_policy, self.track)
 
     @classmethod
     def create(
@@ -128,7 +129,7 @@ class Gateway:
         state = request.scope.setdefault("state", {})
         admission: Admission | None = getattr(request.app.state, "admission", None)
         return Call(
-            gateway=self,
+            recorder=self.recorder,
             admission=admission or OpenAdmission(),
             principal=principal,
             request_id=current_request_id() or state.get("request_id") or "",
@@ -156,21 +157,3 @@ class Gateway:
             top_k=top_k or self.settings.gateway_top_k,
         )
         return retrieval.relevant
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a request asked for in completion tokens, and under which key."""
-
-    requested: int | None
-    key: str = "max_completion_tokens"
-
-
-def apply_cap(body: dict[str, Any], limits: Limits, cap: int | None) -> None:
-    """Send the admission's completion cap upstream, under the key the client used."""
-    if cap is None:
-        return
-    body.pop(
-        "max_tokens" if limits.key == "max_completion_tokens" else "max_completion_tokens", None
-    )
-    body[limits.key] = cap

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from kiban.core.errors import AppError
-from kiban.gateway.pipeline import Call, Outcome
+from kiban.gateway.call import Call, Outcome
 from kiban.gateway.providers.base import CompletionStream, StreamChunk
 from kiban.models import UsageStatus
 

@@ -1,4 +1,4 @@
-"""OpenAI's chat-completions wire format: reading requests by hand, writing what we must.
+"""``/v1/chat/completions``: OpenAI's chat-completions wire format, read by hand, written as needed.
 
 The request body is validated field by field (no body model: it would cost on every request and
 reject fields we should pass through). Every field kiban does not interpret travels upstream
@@ -13,33 +13,19 @@ response then carries ``kiban.sources``). Without it, messages pass through unto
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from kiban.core.errors import AppError
+from kiban.gateway.call import Call, Outcome
 from kiban.gateway.exceptions import InvalidRequest, openai_error_type
-from kiban.gateway.pipeline import Call, Outcome
+from kiban.gateway.flow import Answer, Intent, Limits, Surface
 from kiban.gateway.providers.base import CompletionStream, StreamChunk
-from kiban.gateway.service import Limits
 from kiban.gateway.streaming import StreamFormat
-from kiban.gateway.tokenizer import message_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 DONE = b"data: [DONE]\n\n"
-
-
-@dataclass
-class ChatRequest:
-    body: dict[str, Any]  # what goes upstream (everything but kiban's extension)
-    model: str | None
-    messages: list[dict[str, Any]]
-    stream: bool
-    include_usage: bool  # whether the client sees the final usage chunk
-    limits: Limits
-    grounded: bool
-    top_k: int | None
 
 
 def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
@@ -51,7 +37,7 @@ def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
     return value
 
 
-def parse_chat(raw: bytes) -> ChatRequest:
+def parse_chat(raw: bytes) -> Intent:
     """The request, checked for what kiban relies on (400 naming the field otherwise)."""
     try:
         body = orjson.loads(raw)
@@ -107,29 +93,15 @@ def parse_chat(raw: bytes) -> ChatRequest:
     include_usage = True
     if options is not None and isinstance(options.get("include_usage"), bool):
         include_usage = options["include_usage"]
-    return ChatRequest(
-        body=body,
+    return Intent(
         model=model,
-        messages=messages,
-        stream=stream,
-        include_usage=include_usage,
+        body=body,
         limits=limits,
+        stream=stream,
         grounded=grounded,
         top_k=top_k,
+        include_usage=include_usage,
     )
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    """The latest user message: the question a grounded request retrieves for."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message_text(message.get("content"))
-    return ""
-
-
-def transcript(messages: list[dict[str, Any]]) -> str:
-    """The conversation as text, for the ledger's prompt column."""
-    return "\n".join(f"{m.get('role')}: {message_text(m.get('content'))}" for m in messages)
 
 
 def _extension(call: Call) -> dict[str, Any]:
@@ -240,3 +212,25 @@ class ChatStreamFormat(StreamFormat):
 
     def error(self, call: Call, error: Any) -> bytes:
         return error_event(call, error)
+
+
+class ChatSurface(Surface):
+    """OpenAI's chat completions, streamed or not (the ``openai`` SDKs' ``chat.completions``)."""
+
+    endpoint = "chat_completions"
+
+    def parse(self, raw: bytes) -> Intent:
+        return parse_chat(raw)
+
+    def body(self, call: Call, answer: Answer) -> bytes:
+        if answer.raw is None:
+            return completion_body(call, answer.text, answer.outcome, answer.finish_reason)
+        if call.sources:
+            return with_extension(answer.raw, call)
+        return answer.raw  # the upstream's bytes, untouched
+
+    def stream_format(self, call: Call, intent: Intent) -> StreamFormat:
+        return ChatStreamFormat(call, intent.include_usage)
+
+
+CHAT = ChatSurface()

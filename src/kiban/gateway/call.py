@@ -6,18 +6,21 @@ a rejection, a client that went away, a cancelled task): it writes the one ledge
 synchronously, before any ``await``, so a cancellation cannot lose it), updates the metrics and the
 access-log fields, and settles the admission ticket in a task of its own (shielded: cancelling the
 request does not cancel the settlement).
+
+What finishing needs of the gateway (prices, the ledger, the content policy, a home for the
+settlement task) is handed to the call as a ``Recorder``, so a call knows nothing else of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -27,13 +30,25 @@ from kiban.core.errors import AppError
 from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT
 from kiban.gateway.admission import Admission, AdmissionRequest, Ticket, Usage
 from kiban.gateway.catalog import ModelSpec
+from kiban.gateway.pricing import PriceTable
 from kiban.gateway.providers.base import TokenUsage
 from kiban.models import UsageStatus
 
-if TYPE_CHECKING:
-    from kiban.gateway.service import Gateway
-
 log = structlog.get_logger("kiban.gateway")
+
+
+class LedgerSink(Protocol):
+    def submit(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """What a call's finish needs, and no more (the gateway makes one, ``Gateway.recorder``)."""
+
+    prices: PriceTable
+    ledger: LedgerSink  # takes the record synchronously: never blocks, never raises
+    content_policy: Callable[[str | None], str | None]  # what the ledger keeps of a text
+    track: Callable[[asyncio.Future[Any]], None]  # keeps a settlement alive until shutdown
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,7 @@ class Outcome:
 
 @dataclass
 class Call:
-    gateway: Gateway
+    recorder: Recorder
     admission: Admission
     principal: Principal
     request_id: str
@@ -95,6 +110,11 @@ class Call:
         )
         return self.ticket
 
+    @property
+    def limit_headers(self) -> dict[str, str]:
+        """The admission's rate-limit and quota headers: on every response of an admitted call."""
+        return self.ticket.headers if self.ticket is not None else {}
+
     def first_token(self) -> None:
         """Note the time to the first streamed token (once)."""
         if self.first_token_at is None:
@@ -107,9 +127,8 @@ class Call:
             yield self
         except AppError as exc:
             status = UsageStatus.ERROR if self.ticket is not None else UsageStatus.REJECTED
-            if self.ticket is not None:
-                # An admitted request's error response carries the limit headers too.
-                exc.headers = {**self.ticket.headers, **exc.headers}
+            # An admitted request's error response carries the limit headers too.
+            exc.headers = {**self.limit_headers, **exc.headers}
             await self.finish(status, error_code=exc.error_code)
             raise
         except asyncio.CancelledError:
@@ -140,7 +159,7 @@ class Call:
         name = model.name if model else (self.model_name or "unknown")
         cost: Decimal | None = None
         if model is not None and status not in (UsageStatus.REJECTED,):
-            cost = self.gateway.prices.cost(
+            cost = self.recorder.prices.cost(
                 (model.name, model.upstream_model),
                 usage.prompt_tokens,
                 usage.completion_tokens,
@@ -161,7 +180,7 @@ class Call:
             model=name,
         )
         self.outcome = outcome
-        self.gateway.ledger.submit(self._record(outcome, model, error_code, response_text))
+        self.recorder.ledger.submit(self._record(outcome, model, error_code, response_text))
         # A metric label only for a model the catalog knows: the name a request asked for is the
         # client's to choose, and each new label value is a time series kept for good.
         self._observe(outcome, name if model is not None else "unknown")
@@ -171,7 +190,7 @@ class Call:
                     self.ticket, Usage(usage.prompt_tokens, usage.completion_tokens, cost)
                 )
             )
-            self.gateway.track(settle)
+            self.recorder.track(settle)
             try:
                 await asyncio.shield(settle)
             except asyncio.CancelledError:
@@ -183,7 +202,7 @@ class Call:
     def _record(
         self, outcome: Outcome, model: ModelSpec | None, error_code: str | None, text: str | None
     ) -> dict[str, Any]:
-        policy = self.gateway.content_policy
+        policy = self.recorder.content_policy
         return {
             "request_id": self.request_id,
             "created_at": self.created_at,

@@ -1,0 +1,5 @@
+"""The AI surfaces: each wire format read into an ``Intent`` and its answer written back.
+
+``ask`` is kiban's own JSON and SSE (``/ai/test``, ``/ai/stream``); ``openai_chat`` is OpenAI's
+chat completions (``/v1/chat/completions``). The steps between (``kiban.gateway.flow``) are shared.
+"""
