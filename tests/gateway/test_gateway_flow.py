@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from kiban.gateway.admission import Admission, AdmissionRequest, Ticket, Usage
 from kiban.gateway.providers.extractive import NO_ANSWER
-from tests.gateway.gateway_helpers import FakeUpstream, ledger
+from tests.factories import ledger
+from tests.gateway.gateway_helpers import FakeUpstream
 
 QUESTION = "Say something short about foxes."
 MESSAGES = [{"role": "user", "content": QUESTION}]

@@ -12,11 +12,15 @@ from kiban.admin.dashboard import account_context
 from kiban.admin.exceptions import CsrfFailed
 from kiban.admin.pages import render
 from kiban.admin.web_auth import Viewer, check_csrf, current_viewer, finish, sign_in_redirect
-from kiban.auth import api_keys
-from kiban.auth.dependencies import KeyRingDep
-from kiban.billing import service as billing
-from kiban.billing.exceptions import BillingNotConfigured, NoBillingAccount, StripeUnavailable
-from kiban.billing.stripe_client import StripeClient
+from kiban.auth import KeyRingDep, create_api_key, list_api_keys, revoke_api_key
+from kiban.billing import (
+    BillingNotConfigured,
+    NoBillingAccount,
+    StripeClient,
+    StripeUnavailable,
+    open_portal,
+    require_stripe,
+)
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SettingsDep
 from kiban.settings import Settings
@@ -38,7 +42,7 @@ async def _page(
     context.update(
         {
             "subject": viewer.user,
-            "keys": await api_keys.list_api_keys(session, viewer.user),
+            "keys": await list_api_keys(session, viewer.user),
             "new_key": new_key,
             "error": error,
         }
@@ -76,7 +80,7 @@ async def create_key(
         check_csrf(request, csrf_token)
     except CsrfFailed as e:
         return await _page(request, session, settings, viewer, error=e.message, status_code=403)
-    created = await api_keys.create_api_key(session, viewer.user, name.strip() or "key")
+    created = await create_api_key(session, viewer.user, name.strip() or "key")
     return await _page(request, session, settings, viewer, new_key=created.plaintext)
 
 
@@ -97,7 +101,7 @@ async def revoke_key(
         check_csrf(request, csrf_token)
     except CsrfFailed as e:
         return await _page(request, session, settings, viewer, error=e.message, status_code=403)
-    await api_keys.revoke_api_key(session, viewer.user, key_id)
+    await revoke_api_key(session, viewer.user, key_id)
     return finish(RedirectResponse("/account", status_code=303), request, settings, viewer)
 
 
@@ -116,9 +120,7 @@ async def billing_portal(
     try:
         check_csrf(request, csrf_token)
         stripe: StripeClient | None = getattr(request.app.state, "stripe", None)
-        url = await billing.open_portal(
-            session, billing.require_stripe(stripe), settings, viewer.user
-        )
+        url = await open_portal(session, require_stripe(stripe), settings, viewer.user)
     except (CsrfFailed, BillingNotConfigured, NoBillingAccount) as e:
         return await _page(
             request, session, settings, viewer, error=e.message, status_code=e.status_code

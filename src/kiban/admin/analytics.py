@@ -56,14 +56,18 @@ from kiban.admin.schemas import (
 from kiban.models import UsageRecord, UsageRollupHourly, UsageRollupUserDaily, UsageStatus
 from kiban.models.rollup import NO_PLAN
 from kiban.usage import (
+    HOUR,
     LATENCY,
     TTFT,
+    Buckets,
     Column,
+    Metric,
     Selection,
     Wanted,
-    histograms,
+    binned_percentiles,
+    hourly_aggregates,
     nearest_rank,
-    rollups,
+    split_window,
 )
 
 COST_SCALE = 10**10  # the ledger stores Numeric(20, 10)
@@ -72,8 +76,8 @@ LATENCY_PERCENTS = (50, 95, 99)
 TTFT_PERCENTS = (50, 95)
 STATUSES = tuple(s.value for s in UsageStatus)
 _METRICS = (
-    histograms.Metric(LATENCY, UsageRecord.response_time_ms, LATENCY_PERCENTS),
-    histograms.Metric(TTFT, UsageRecord.time_to_first_token_ms, TTFT_PERCENTS),
+    Metric(LATENCY, UsageRecord.response_time_ms, LATENCY_PERCENTS),
+    Metric(TTFT, UsageRecord.time_to_first_token_ms, TTFT_PERCENTS),
 )
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 OUT_OF_RANGE = "'from' and 'to' must be times between the years 1 and 9999."
@@ -196,14 +200,12 @@ async def _hourly(
     ``keys`` are pairs of expressions, over the rollup and over the ledger, that must give equal
     values for the same records (a bucket's text, a group).
     """
-    split = rollups.split(window.start, window.end, rollups.HOUR)
+    split = split_window(window.start, window.end, HOUR)
     queries = []
     if split.whole:
         whole = (R.hour >= split.whole[0], R.hour < split.whole[1])
         labelled = [k.label(f"k{i}") for i, (k, _) in enumerate(keys)]
-        queries.append(
-            select(*labelled, *rollups.hourly_aggregates()).where(*whole).group_by(*labelled)
-        )
+        queries.append(select(*labelled, *hourly_aggregates()).where(*whole).group_by(*labelled))
     if split.edges:
         labelled = [k.label(f"k{i}") for i, (_, k) in enumerate(keys)]
         edges = between(U.created_at, split.edges)
@@ -256,7 +258,7 @@ async def summary(
     else:
         empty = dict.fromkeys(_AGGREGATE_NAMES, 0)
         totals = (await _hourly(session, window, [])).get((), empty)
-        binned = await histograms.percentiles(session, window.start, window.end, _METRICS)
+        binned = await binned_percentiles(session, window.start, window.end, _METRICS)
         if binned is not None:
             latency, ttft = binned.get(None, [{}, {}])
             return Summary(start=window.start, end=window.end, **_figures(totals, latency, ttft))
@@ -297,10 +299,10 @@ def _bucket_expr(
     return func.to_char(func.timezone("UTC", column), fmt)
 
 
-def histogram_buckets(session: AsyncSession, interval: Interval) -> histograms.Buckets:
+def histogram_buckets(session: AsyncSession, interval: Interval) -> Buckets:
     """The time series' buckets, as the histograms read them (keyed by the bucket's text)."""
     step = timedelta(hours=1) if interval is Interval.HOUR else timedelta(days=1)
-    return histograms.Buckets(
+    return Buckets(
         sql=lambda column: _bucket_expr(session, interval, column),
         span=lambda text: (_parse_bucket(text), _parse_bucket(text) + step),
         daily=interval is Interval.DAY,
@@ -351,7 +353,7 @@ async def timeseries(
     percentiles = None
     if group_by is None:  # the histograms are per hour only, not per group
         cut = histogram_buckets(session, interval)
-        percentiles = await histograms.percentiles(session, window.start, window.end, _METRICS, cut)
+        percentiles = await binned_percentiles(session, window.start, window.end, _METRICS, cut)
     latency: dict[tuple[str, str | None], dict[int, float | None]]
     ttft: dict[tuple[str, str | None], dict[int, float | None]]
     if percentiles is not None:

@@ -21,12 +21,22 @@ from kiban.admin import usage_log
 from kiban.admin.exceptions import CsrfFailed
 from kiban.admin.pages import admin_or_response, render
 from kiban.admin.web_auth import Viewer, check_csrf, finish, safe_next
-from kiban.auth.dependencies import KeyRingDep
-from kiban.billing import inbox, operator, service
-from kiban.billing import repository as billing_repo
-from kiban.billing.exceptions import UnknownEvent
-from kiban.billing.fold import FAILED, OUTCOMES, PENDING, UNMATCHED
-from kiban.billing.plans import PlanCatalog
+from kiban.auth import KeyRingDep
+from kiban.billing import (
+    FAILED,
+    OUTCOMES,
+    PENDING,
+    UNMATCHED,
+    PlanCatalog,
+    UnknownEvent,
+    customer_of_user,
+    grace,
+    inbox_event,
+    inbox_page,
+    reapply_event,
+    subscription_page,
+    subscription_view,
+)
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SessionmakerDep, SettingsDep
@@ -89,9 +99,9 @@ async def billing_summary(
 ) -> BillingSummary:
     """The user's plan, subscription state, period end, and whether the portal can open."""
     catalog = _catalog(request)
-    view = await service.subscription_view(session, catalog, settings, user)
+    view = await subscription_view(session, catalog, settings, user)
     plan = catalog.plans.get(view.plan)
-    customer = await billing_repo.customer_of_user(session, user.id)
+    customer = await customer_of_user(session, user.id)
     return BillingSummary(
         plan=plan.label if plan else view.plan,
         status=view.status,
@@ -131,15 +141,15 @@ async def billing_page(
     notice = None
     if outcome is not None and outcome not in OUTCOMES:
         notice = f"{outcome!r} is not an outcome of the inbox (one of: {', '.join(OUTCOMES)})."
-    subscriptions = await operator.subscription_page(
+    subscriptions = await subscription_page(
         session,
         _catalog(request),
         now=clock.now(),
-        grace=service.grace(settings),
+        grace=grace(settings),
         limit=PAGE_SIZE,
         offset=offset,
     )
-    events = await operator.inbox_page(
+    events = await inbox_page(
         session,
         outcomes=(outcome,) if outcome and notice is None else (),
         subscription_id=subscription_id,
@@ -187,7 +197,7 @@ class Reapplied:
 
 async def _reapplied(session: AsyncSession, event_id: str) -> Reapplied:
     # What the event's row says now, not what the redirect's query claims.
-    row = await billing_repo.inbox_event(session, event_id)
+    row = await inbox_event(session, event_id)
     if row is None:
         return Reapplied(event_id, None, None)
     return Reapplied(event_id, row.outcome, row.detail)
@@ -235,7 +245,7 @@ async def reapply(
     # renewal it wrote does not hold SQLite's single writer lock against it.
     await session.commit()
     try:
-        await inbox.reapply_event(sessionmaker, event_id, service.grace(settings))
+        await reapply_event(sessionmaker, event_id, grace(settings))
     except UnknownEvent as e:
         return _message(request, settings, viewer, "No such event", e.message, e.status_code)
     return finish(

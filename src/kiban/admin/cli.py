@@ -8,7 +8,7 @@ import typer
 
 from kiban.core.db import create_engine, create_sessionmaker, session_scope
 from kiban.settings import Settings
-from kiban.usage import rollups
+from kiban.usage import rebuild
 
 admin_app = typer.Typer(help="Analytics upkeep.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def rebuild_rollups() -> None:
         engine = create_engine(settings.database_url)
         try:
             async with session_scope(create_sessionmaker(engine)) as session:
-                return await rollups.rebuild(session)
+                return await rebuild(session)
         finally:
             await engine.dispose()
 

@@ -33,8 +33,8 @@ from kiban.admin.web_auth import (
     safe_next,
     set_session_cookies,
 )
-from kiban.auth import refresh, service
-from kiban.auth.dependencies import KeyRingDep
+from kiban.auth import KeyRingDep, sign_in
+from kiban.auth import logout as end_sign_in
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SessionmakerDep, SettingsDep
@@ -87,7 +87,7 @@ async def login(
     target = safe_next(next, "/account")
     try:
         check_csrf(request, csrf_token)
-        issued = await service.sign_in(
+        issued = await sign_in(
             session,
             sessionmaker,
             keyring,
@@ -120,7 +120,7 @@ async def logout(
     check_csrf(request, csrf_token)
     token = request.cookies.get(REFRESH_COOKIE)
     if token:
-        await refresh.logout(session, token)
+        await end_sign_in(session, token)
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookies(response)
     return response

@@ -9,13 +9,7 @@ from fastapi import Depends, Query, Request, Response
 
 from kiban.admin.analytics import Window
 from kiban.admin.web_auth import current_viewer, set_session_cookies
-from kiban.auth import exceptions as auth_exc
-from kiban.auth.dependencies import (
-    KeyRingDep,
-    bearer_credentials,
-    get_admin_user,
-    get_principal,
-)
+from kiban.auth import KeyRingDep, RoleRequired, bearer_credentials, get_admin_user, get_principal
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SettingsDep
@@ -50,7 +44,7 @@ async def get_analytics_admin(
         viewer = await current_viewer(request, session, settings, keyring)
         if viewer is not None:
             if not viewer.user.is_admin:
-                raise auth_exc.RoleRequired("admin")
+                raise RoleRequired("admin")
             if viewer.renewed is not None:
                 # The refresh token was rotated: the browser must get the new pair, or its next
                 # request would replay the old one (and be signed out as a reuse).

@@ -20,7 +20,7 @@ from kiban.admin.web_auth import (
     issue_csrf_cookie,
     sign_in_redirect,
 )
-from kiban.auth.keys import KeyRing
+from kiban.auth import KeyRing
 from kiban.settings import Settings
 
 PACKAGE_DIR = Path(__file__).parent

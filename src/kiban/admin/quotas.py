@@ -19,8 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin.schemas import PlanQuota, QuotaConsumption
-from kiban.billing.entitlements import Entitlement, resolve_entitlement
-from kiban.billing.plans import PlanCatalog, active_catalog
+from kiban.billing import Entitlement, PlanCatalog, active_catalog, resolve_entitlement
 from kiban.models import UsageRecord, UsageRollupUserDaily, UsageStatus, User
 from kiban.models.billing import may_have_paid_access
 from kiban.models.quota import QuotaPeriod

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from kiban.gateway.schemas import UsageEntry
+from kiban.gateway import UsageEntry
 
 
 class Interval(StrEnum):

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.admin.analytics import Window, between, cost_units, units_to_usd, without_jit
 from kiban.admin.schemas import RankBy, TopUser, TopUsers
 from kiban.models import UsageRecord, UsageRollupUserDaily, User
-from kiban.usage import rollups
+from kiban.usage import DAY, split_window
 
 U = UsageRecord
 D = UsageRollupUserDaily
@@ -31,7 +31,7 @@ async def top_users(session: AsyncSession, window: Window, by: RankBy, limit: in
     # Whole days from the per-user rollup, the edges from the ledger, ranked together. The join
     # to users turns the rollup's "no user" (and a deleted user, whose ledger rows lost their
     # user_id) into NULL, as in the ledger.
-    split = rollups.split(window.start, window.end, rollups.DAY)
+    split = split_window(window.start, window.end, DAY)
     parts: list[Select[Any, int, int, Any]] = []
     if split.whole:
         parts.append(

@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from kiban.admin.analytics import Window
 from kiban.admin.schemas import LogEntry, LogPage
 from kiban.models import UsageRecord
-from kiban.usage import EXPORT_COLUMNS, queries
+from kiban.usage import (
+    EXPORT_COLUMNS,
+    records_with_emails,
+    stream_export,
+)
+from kiban.usage import distinct_values as ledger_distinct_values
+from kiban.usage import export_query as ledger_export_query
 
 U = UsageRecord
 
@@ -52,9 +58,7 @@ async def usage_page(
     session: AsyncSession, where: LogFilter, *, before: int | None = None, limit: int = 50
 ) -> LogPage:
     """One page of ledger rows, newest first; ``before`` is the previous page's cursor."""
-    rows, more = await queries.records_with_emails(
-        session, where.clauses(), before=before, limit=limit
-    )
+    rows, more = await records_with_emails(session, where.clauses(), before=before, limit=limit)
     entries = []
     for record, email in rows:
         entry = LogEntry.model_validate(record)
@@ -66,11 +70,11 @@ async def usage_page(
 
 async def distinct_values(session: AsyncSession, window: Window) -> dict[str, list[str]]:
     """The models, endpoints and statuses seen in a window (the table's filter choices)."""
-    return await queries.distinct_values(session, window.filters())
+    return await ledger_distinct_values(session, window.filters())
 
 
 def export_query(window: Window) -> Select[Any]:
-    return queries.export_query(window.filters())
+    return ledger_export_query(window.filters())
 
 
 async def export_csv(engine: AsyncEngine, window: Window) -> AsyncIterator[bytes]:
@@ -83,7 +87,7 @@ async def export_csv(engine: AsyncEngine, window: Window) -> AsyncIterator[bytes
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue().encode()
-    batches = queries.stream_export(engine, window.filters(), batch_rows=EXPORT_BATCH_ROWS)
+    batches = stream_export(engine, window.filters(), batch_rows=EXPORT_BATCH_ROWS)
     async with contextlib.aclosing(batches):
         async for batch in batches:
             buffer.seek(0)

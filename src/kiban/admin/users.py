@@ -16,9 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin.analytics import Window
-from kiban.auth import refresh
-from kiban.auth.dependencies import AdminUser
-from kiban.auth.schemas import UserOut
+from kiban.auth import DEACTIVATED, AdminUser, UserOut, revoke_user
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import Conflict, NotFound
@@ -129,7 +127,7 @@ async def update_user(
         user.is_active = fields["is_active"]
         if not user.is_active:
             # Access tokens and API keys are refused at once (user_inactive); refresh tokens go.
-            await refresh.revoke_user(session, user.id, refresh.DEACTIVATED)
+            await revoke_user(session, user.id, DEACTIVATED)
     if admission is not None and "plan" in fields:
         set_plan(admission, user, fields["plan"])
     await session.flush()

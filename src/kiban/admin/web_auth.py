@@ -23,10 +23,15 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin.exceptions import CsrfFailed
-from kiban.auth import exceptions as auth_exc
-from kiban.auth import refresh, service
-from kiban.auth.keys import KeyRing
-from kiban.auth.verify import verify_access_token
+from kiban.auth import (
+    AuthenticationError,
+    FamilyRevoked,
+    IssuedTokens,
+    KeyRing,
+    TokenExpired,
+    refresh_tokens,
+    verify_access_token,
+)
 from kiban.models import User
 from kiban.settings import Settings
 
@@ -45,7 +50,7 @@ class Viewer:
     """The signed-in browser user, and the cookies to renew on the response (if any)."""
 
     user: User
-    renewed: service.IssuedTokens | None = None
+    renewed: IssuedTokens | None = None
 
 
 def _secure(request: Request) -> bool:
@@ -57,7 +62,7 @@ def _secure(request: Request) -> bool:
 
 
 def set_session_cookies(
-    response: Response, request: Request, settings: Settings, issued: service.IssuedTokens
+    response: Response, request: Request, settings: Settings, issued: IssuedTokens
 ) -> None:
     """Store a signed-in session's tokens in HttpOnly cookies."""
     common = {"httponly": True, "samesite": "lax", "secure": _secure(request), "path": "/"}
@@ -82,23 +87,23 @@ async def current_viewer(
     try:
         claims = verify_access_token(keyring, settings, token)
         user_id = claims.sub
-    except auth_exc.TokenExpired:
+    except TokenExpired:
         refresh_token = request.cookies.get(REFRESH_COOKIE)
         if not refresh_token:
             return None
         try:
-            renewed = await service.refresh_tokens(
+            renewed = await refresh_tokens(
                 session, keyring, settings, refresh_token, reuse_grace=COOKIE_REUSE_GRACE
             )
-        except refresh.FamilyRevoked:
+        except FamilyRevoked:
             # A replayed refresh cookie: the family's revocation must outlive this request even
             # when the caller goes on to fail it (a 401 rolls the request's session back).
             await session.commit()
             return None
-        except auth_exc.AuthenticationError:
+        except AuthenticationError:
             return None
         user_id = verify_access_token(keyring, settings, renewed.access_token).sub
-    except auth_exc.AuthenticationError:
+    except AuthenticationError:
         return None
     user = await session.get(User, user_id)
     if user is None or not user.is_active:

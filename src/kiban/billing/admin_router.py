@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from kiban.auth.dependencies import AdminUser
+from kiban.auth import AdminUser
 from kiban.billing import inbox, operator, repository, service
 from kiban.billing.dependencies import PlanCatalogDep
 from kiban.billing.exceptions import UnknownEvent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from kiban.auth.dependencies import CurrentUser
+from kiban.auth import CurrentUser
 from kiban.billing import inbox, service
 from kiban.billing.dependencies import PlanCatalogDep, StripeDep
 from kiban.billing.schemas import (

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from kiban.auth.dependencies import Principal
+from kiban.auth import Principal
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from kiban.auth.dependencies import Principal
+from kiban.auth import Principal
 from kiban.core import clock
 from kiban.core.errors import AppError
 from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT

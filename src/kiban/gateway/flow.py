@@ -23,7 +23,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from kiban.auth.dependencies import Principal
+from kiban.auth import Principal
 from kiban.gateway import grounding
 from kiban.gateway.call import Call, Outcome
 from kiban.gateway.providers.base import CompletionStream, ProviderRequest, TokenUsage
@@ -31,7 +31,7 @@ from kiban.gateway.providers.extractive import NO_ANSWER, fixed_stream
 from kiban.gateway.service import Gateway
 from kiban.gateway.streaming import CallStream, StreamFormat
 from kiban.gateway.tokenizer import count_messages, count_request_extras, message_text
-from kiban.knowledge.service import RetrievedChunk
+from kiban.knowledge import RetrievedChunk
 from kiban.models import UsageStatus
 
 

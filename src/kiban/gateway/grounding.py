@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiban.gateway.tokenizer import count_text, truncate
-from kiban.knowledge.service import RetrievedChunk
+from kiban.knowledge import RetrievedChunk
 
 INSTRUCTIONS = (
     "You answer questions using only the documents provided in the user's message between "

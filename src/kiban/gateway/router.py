@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from kiban.auth.dependencies import CurrentPrincipal
+from kiban.auth import CurrentPrincipal
 from kiban.core.db import SessionDep
 from kiban.core.errors import Forbidden
 from kiban.gateway import flow

@@ -14,7 +14,7 @@ import structlog
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kiban.auth.dependencies import Principal
+from kiban.auth import Principal
 from kiban.core.context import current_request_id
 from kiban.gateway import grounding
 from kiban.gateway.admission import Admission, OpenAdmission
@@ -25,8 +25,7 @@ from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
 from kiban.gateway.providers.openai import OpenAIProvider
 from kiban.gateway.tokenizer import count_text, encoding
-from kiban.knowledge import service as knowledge
-from kiban.knowledge.service import RetrievedChunk
+from kiban.knowledge import RetrievedChunk, retrieve
 from kiban.settings import Settings
 from kiban.usage import LedgerWriter
 
@@ -150,7 +149,7 @@ class Gateway:
         self, session: AsyncSession, call: Call, query: str, *, top_k: int | None = None
     ) -> list[RetrievedChunk]:
         """The relevant chunks for a grounded request (empty: nothing relevant)."""
-        retrieval = await knowledge.retrieve(
+        retrieval = await retrieve(
             session,
             user_id=call.principal.user.id,
             query=query,

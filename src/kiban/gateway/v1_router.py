@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
-from kiban.auth.dependencies import CurrentPrincipal
+from kiban.auth import CurrentPrincipal
 from kiban.core.db import SessionDep
 from kiban.core.errors import AppError
 from kiban.gateway import flow

@@ -11,7 +11,7 @@ from importlib import resources
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.billing.plans import DocumentLimits
+from kiban.billing import DocumentLimits
 from kiban.knowledge import exceptions as exc
 from kiban.knowledge.indexing import (
     ChunkingOptions,

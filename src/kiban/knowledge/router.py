@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 
-from kiban.auth.dependencies import CurrentUser
-from kiban.billing.entitlements import resolve_entitlement
+from kiban.auth import CurrentUser
+from kiban.billing import resolve_entitlement
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SettingsDep

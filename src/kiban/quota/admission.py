@@ -22,11 +22,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kiban.billing.entitlements import Entitlement, resolve_entitlement, unsubscribed_entitlement
-from kiban.billing.plans import PlanCatalog
+from kiban.billing import Entitlement, PlanCatalog, resolve_entitlement, unsubscribed_entitlement
 from kiban.core import clock
 from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
-from kiban.gateway.admission import AdmissionRequest, Ticket, Usage
+from kiban.gateway import AdmissionRequest, Ticket, Usage
 from kiban.models import User
 from kiban.quota.exceptions import (
     ModelNotInPlan,

@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from kiban.billing.entitlements import Entitlement
-from kiban.billing.plans import Plan
+from kiban.billing import Entitlement, Plan
 from kiban.quota.store.base import WINDOW_SECONDS, QuotaState
 
 

@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.auth.dependencies import AdminUser, CurrentUser, TokenUser
+from kiban.auth import AdminUser, CurrentUser, TokenUser
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.models import ApiKey, User

@@ -10,10 +10,9 @@ from decimal import Decimal
 
 import structlog
 
-from kiban.billing.plans import PlanCatalog
+from kiban.billing import PlanCatalog
 from kiban.core import clock
-from kiban.gateway.catalog import Catalog
-from kiban.gateway.pricing import PriceTable
+from kiban.gateway import Catalog, PriceTable
 from kiban.quota.admission import CostBound, QuotaAdmission
 from kiban.quota.store import QuotaStore, RedisQuotaStore, SqlQuotaStore
 from kiban.settings import ConfigurationError, Settings

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kiban.billing.plans import DocumentLimits
+from kiban.billing import DocumentLimits
 
 
 class PlanOut(BaseModel):

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.billing.entitlements import resolve_entitlement
+from kiban.billing import resolve_entitlement
 from kiban.core import clock
 from kiban.models import ApiKey, ApiKeyLimit, User
 from kiban.quota.admission import QuotaAdmission

@@ -12,9 +12,9 @@ A layer below ``gateway`` and ``admin``: it imports only ``core``, ``models`` an
 The callers shape what they read (HTTP pages, cursors, CSV).
 """
 
-from kiban.usage import bins, histograms, percentiles, queries, rollups
 from kiban.usage.bins import EDGES, LATENCY, TTFT, bin_of, bin_range, record_bins
 from kiban.usage.histograms import Buckets, Fetch, Metric
+from kiban.usage.histograms import percentiles as binned_percentiles
 from kiban.usage.ledger import LedgerWriter, Record
 from kiban.usage.percentiles import Column, Selection, Wanted, nearest_rank
 from kiban.usage.queries import (
@@ -26,10 +26,14 @@ from kiban.usage.queries import (
     records_with_emails,
     stream_export,
 )
+from kiban.usage.rollups import DAY, HOUR, hourly_aggregates, rebuild
+from kiban.usage.rollups import split as split_window
 
 __all__ = [
+    "DAY",
     "EDGES",
     "EXPORT_COLUMNS",
+    "HOUR",
     "LATENCY",
     "TTFT",
     "Buckets",
@@ -43,16 +47,15 @@ __all__ = [
     "Wanted",
     "bin_of",
     "bin_range",
-    "bins",
+    "binned_percentiles",
     "distinct_values",
     "export_query",
-    "histograms",
+    "hourly_aggregates",
     "nearest_rank",
     "newest_records",
-    "percentiles",
-    "queries",
+    "rebuild",
     "record_bins",
     "records_with_emails",
-    "rollups",
+    "split_window",
     "stream_export",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kiban.gateway.catalog import ModelSpec
-from kiban.knowledge.service import RetrievedChunk
+from kiban.knowledge import RetrievedChunk
 
 
 @dataclass

@@ -25,7 +25,7 @@ from kiban.gateway.providers.base import (
     TokenUsage,
 )
 from kiban.gateway.tokenizer import count_text
-from kiban.knowledge.service import RetrievedChunk
+from kiban.knowledge import RetrievedChunk
 
 NO_ANSWER = "No relevant information found."
 MAX_SENTENCES = 3
