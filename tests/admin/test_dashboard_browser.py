@@ -2,7 +2,7 @@
 
 Served by uvicorn on a free loopback port; the figures on the cards are computed here from the
 seeded records, and no page may log a console error or fail a request (the favicon included).
-Set ``KIBAN_DASHBOARD_SCREENSHOT=path.png`` to keep the screenshot (the README's image is made
+Set ``KIBAN_DASHBOARD_SCREENSHOT=path.png`` to keep the screenshot (docs/img/dashboard.png is made
 this way).
 """
 

@@ -2,7 +2,7 @@
 
 Top users are in ``kiban.admin.top_users``.
 
-Definitions (also in the README and checked by the tests against plain Python):
+Definitions (also in docs/operations.md and checked by the tests against plain Python):
 
 - ``requests``: ledger records created in ``[start, end)``, whatever their status.
 - ``error_rate``: records with status ``error`` over all records; ``no_context_rate`` likewise.
