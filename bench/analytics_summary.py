@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from kiban.admin import analytics, quotas, top_users, usage_log
 from kiban.admin.analytics import Window
 from kiban.admin.schemas import GroupBy, Interval, RankBy
+from kiban.billing.plans import DEFAULT_PLANS_FILE, load_catalog
 from kiban.core.db import create_engine, create_sessionmaker, session_scope
 from kiban.core.migrations import upgrade
 from kiban.models import UsageRecord, User
@@ -198,7 +199,12 @@ async def measure(url: str, repeat: int, export: bool) -> None:
                 lambda: top_users.top_users(session, month, RankBy.COST, 10),
             ),
             ("model mix, 30 days", lambda: analytics.mix(session, month, GroupBy.MODEL)),
-            ("quota consumption per plan", lambda: quotas.quota_consumption(session, END)),
+            (
+                "quota consumption per plan",
+                lambda: quotas.quota_consumption(
+                    session, END, load_catalog(DEFAULT_PLANS_FILE), timedelta(days=7)
+                ),
+            ),
         ]
         summary = None
         for name, fn in cases:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import kiban.models  # noqa: F401  (registers every table)
-from kiban.models.base import Base
+from kiban.models.base import Base, UTCDateTime
 from kiban.models.schema import include_object
 from kiban.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Write our column types as plain SQLAlchemy, so a new revision imports nothing from kiban
+    (a migration must not change when the code does)."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def _configure(connection: Connection) -> None:
@@ -24,6 +33,7 @@ def _configure(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         include_object=include_object,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -13,9 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from kiban import __version__
 from kiban.auth.api_keys import wait_for_touches
 from kiban.auth.keys import load_keyring
-from kiban.billing.plans import activate as activate_plans
 from kiban.billing.plans import load_catalog
-from kiban.billing.state import configure_grace, grace_period
 from kiban.billing.stripe_client import StripeClient
 from kiban.billing.webhooks import WEBHOOK_MAX_BYTES
 from kiban.core.body_limit import BodyLimitMiddleware
@@ -38,7 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keyring, key_note = load_keyring(settings)
     # A bad plans file or KIBAN_STRIPE_PRICES refuses to start, naming the field or the entry.
     plans = load_catalog(settings.plans_file, settings.stripe_prices)
-    activate_plans(plans)
     gateway_config = GatewayConfig.load(settings)  # models and prices files, checked now
 
     @asynccontextmanager
@@ -62,7 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.stripe = StripeClient.from_settings(settings)
             if app.state.stripe is not None:
                 stack.push_async_callback(app.state.stripe.aclose)
-            configure_grace(grace_period(settings.billing_past_due_grace_days))
             await start_knowledge(engine.sync_engine, settings)
             app.state.gateway = Gateway.create(settings, app.state.sessionmaker, gateway_config)
             await app.state.gateway.start()

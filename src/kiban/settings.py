@@ -135,7 +135,8 @@ class Settings(BaseSettings):
     knowledge_max_files: int = Field(default=20, ge=1)  # per upload request
     knowledge_chunk_chars: int = Field(default=400, ge=50)  # target chunk size, in characters
     knowledge_chunk_overlap_chars: int = Field(default=80, ge=0)
-    # Relevance gate (0..1): below it a chunk is "not relevant" (docs/knowledge.md: "Tuning the threshold").
+    # Relevance gate (0..1): below it a chunk is "not relevant" (docs/knowledge.md, "Tuning the
+    # threshold").
     knowledge_relevance_threshold: float = Field(default=0.42, ge=0, le=1)  # non-Japanese queries
     knowledge_relevance_threshold_japanese: float = Field(default=0.58, ge=0, le=1)
 

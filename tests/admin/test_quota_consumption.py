@@ -17,6 +17,8 @@ from tests.billing.conftest import PRO_PRICE, write_plans_file
 from tests.conftest import create_user
 from tests.factories import spend
 
+GRACE = timedelta(days=7)
+
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
@@ -56,7 +58,10 @@ async def test_a_subscribers_usage_counts_from_their_billing_period(
     # A free user (calendar month), near the limit.
     free = await create_user(session)
     await spend(session, free, int(free_tokens * 0.9), NOW - timedelta(days=1))
-    got = {p.plan: p for p in (await quotas.quota_consumption(session, NOW)).plans}
+    got = {
+        p.plan: p
+        for p in (await quotas.quota_consumption(session, NOW, app.state.plans, GRACE)).plans
+    }
     assert got["pro"].users_with_usage == 2
     assert got["pro"].tokens_used == 3_000
     assert got["pro"].near_limit == 0
@@ -73,6 +78,9 @@ async def test_ids_are_sent_in_chunks(
     users = [await create_user(session) for _ in range(8)]
     for i, user in enumerate(users):
         await spend(session, user, 100 + i, NOW - timedelta(hours=i + 1))
-    got = {p.plan: p for p in (await quotas.quota_consumption(session, NOW)).plans}
+    got = {
+        p.plan: p
+        for p in (await quotas.quota_consumption(session, NOW, app.state.plans, GRACE)).plans
+    }
     assert got["free"].users_with_usage == 8
     assert got["free"].tokens_used == sum(100 + i for i in range(8))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from kiban.app import create_app
 from kiban.billing.entitlements import resolve_entitlement
+from kiban.billing.service import grace
 from kiban.cli import app as cli
 from kiban.core import clock
 from kiban.models import User
@@ -55,7 +56,11 @@ async def _view(app: FastAPI, user: User) -> dict[str, Any]:
 
 async def _monthly_tokens(app: FastAPI, user: User) -> int:
     async with app.state.sessionmaker() as session:
-        tokens = (await resolve_entitlement(session, user, clock.now())).plan.monthly_tokens
+        tokens = (
+            await resolve_entitlement(
+                session, user, clock.now(), catalog=app.state.plans, grace=grace(app.state.settings)
+            )
+        ).plan.monthly_tokens
     # The quota the user sees over HTTP follows the same plan.
     async with make_client(app) as client:
         usage = await client.get("/me/usage", headers=auth_headers(app, user))

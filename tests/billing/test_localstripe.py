@@ -204,7 +204,9 @@ async def test_full_lifecycle_against_localstripe(stack: Stack) -> None:
 
     async def plan_now() -> tuple[str, datetime]:
         async with app.state.sessionmaker() as session:
-            ent = await resolve_entitlement(session, user, clock.now())
+            ent = await resolve_entitlement(
+                session, user, clock.now(), catalog=app.state.plans, grace=grace(app.state.settings)
+            )
         return ent.plan.name, ent.period_end
 
     async with make_client(app) as client:

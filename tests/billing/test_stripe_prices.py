@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,9 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from kiban.app import create_app
-from kiban.billing import plans as plans_module
 from kiban.billing.plans import (
-    active_catalog,
     apply_stripe_prices,
     catalog_for,
     load_catalog,
@@ -31,7 +29,7 @@ from kiban.core.doctor import Finding
 from kiban.doctor import run_doctor
 from kiban.models import User
 from kiban.models.billing import BillingCustomer
-from kiban.settings import ConfigurationError, Settings, get_settings
+from kiban.settings import ConfigurationError, Settings
 from tests.billing.conftest import (
     PRO_PRICE,
     WEBHOOK_SECRET,
@@ -179,28 +177,18 @@ def test_the_app_refuses_to_start_on_a_bad_value(
     assert problem in str(info.value)
 
 
-def test_the_app_and_active_catalog_use_the_merged_catalog(settings: Settings) -> None:
+def test_the_app_and_the_cli_use_the_merged_catalog(settings: Settings) -> None:
     app = create_app(settings)
     assert app.state.plans.plans["pro"].stripe_price_ids == (MONTHLY, YEARLY)
-    assert active_catalog() is app.state.plans
     assert catalog_for(settings) == app.state.plans  # what the CLI and the doctor see
 
 
-@pytest.fixture
-def no_active_catalog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A process where no app has started: ``active_catalog`` falls back to the environment."""
-    monkeypatch.setattr(plans_module, "_active", None)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-@pytest.mark.usefixtures("no_active_catalog")
-def test_active_catalog_without_an_app_reads_the_variable(
-    monkeypatch: pytest.MonkeyPatch,
+def test_code_outside_the_app_reads_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("KIBAN_STRIPE_PRICES", ENV_PRICES)
-    assert active_catalog().plans["pro"].stripe_price_ids == (MONTHLY, YEARLY)
+    settings = Settings(_env_file=None, dev_secret_file=tmp_path / "s")  # type: ignore[call-arg]
+    assert catalog_for(settings).plans["pro"].stripe_price_ids == (MONTHLY, YEARLY)
 
 
 # --- the prices at work --------------------------------------------------------------------------

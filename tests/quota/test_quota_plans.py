@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,8 @@ from kiban.core.db import create_engine, create_sessionmaker
 from kiban.models import User
 from kiban.settings import ConfigurationError, Settings
 from tests.quota.conftest import TEST_PLANS
+
+GRACE = timedelta(days=7)
 
 
 def test_shipped_plans_define_free_and_pro() -> None:
@@ -140,10 +142,11 @@ async def test_entitlement_is_the_admin_plan_or_the_default(
 
 
 async def _check_entitlements(session: AsyncSession, catalog: PlanCatalog, now: datetime) -> None:
-    free = await resolve_entitlement(session, User(plan=None), now, catalog=catalog)
+    free = await resolve_entitlement(session, User(plan=None), now, catalog=catalog, grace=GRACE)
     assert (free.plan.name, free.source) == ("free", "default")
-    pro = await resolve_entitlement(session, User(plan="pro"), now, catalog=catalog)
+    pro = await resolve_entitlement(session, User(plan="pro"), now, catalog=catalog, grace=GRACE)
     assert (pro.plan.name, pro.source) == ("pro", "admin")
-    gone = await resolve_entitlement(session, User(plan="retired"), now, catalog=catalog)
+    retired = User(plan="retired")
+    gone = await resolve_entitlement(session, retired, now, catalog=catalog, grace=GRACE)
     assert gone.plan.name == "free"
     assert (pro.period_start, pro.period_end) == calendar_month(now)

@@ -35,6 +35,7 @@ from kiban.admin.web_auth import (
 )
 from kiban.auth import KeyRingDep, sign_in
 from kiban.auth import logout as end_sign_in
+from kiban.billing import grace
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SessionmakerDep, SettingsDep
@@ -234,7 +235,9 @@ async def overview(
             ],
         ),
         "top_users": await top_users.top_users(session, window, RankBy.COST, 10),
-        "quotas": await quotas.quota_consumption(session, clock.now()),
+        "quotas": await quotas.quota_consumption(
+            session, clock.now(), request.app.state.plans, grace(settings)
+        ),
     }
     return render(request, "overview.html", context, settings=settings, viewer=viewer)
 
@@ -340,7 +343,9 @@ async def account_context(
 ) -> dict[str, Any]:
     """What the user page and the account page both show: plan, subscription, quota, usage."""
     now = clock.now()
-    (quota,) = await quotas.user_quotas(session, [user], now)
+    (quota,) = await quotas.user_quotas(
+        session, [user], now, request.app.state.plans, grace(settings)
+    )
     period = Window(quota.entitlement.period_start, min(now, quota.entitlement.period_end))
     if period.start >= period.end:
         period = Window(period.start, period.start + timedelta(seconds=1))

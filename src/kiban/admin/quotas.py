@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.admin.schemas import PlanQuota, QuotaConsumption
-from kiban.billing import Entitlement, PlanCatalog, active_catalog, resolve_entitlement
+from kiban.billing import Entitlement, PlanCatalog, resolve_entitlement
 from kiban.models import UsageRecord, UsageRollupUserDaily, UsageStatus, User
 from kiban.models.billing import may_have_paid_access
 from kiban.models.quota import QuotaPeriod
@@ -54,7 +54,8 @@ async def user_quotas(
     session: AsyncSession,
     users: Sequence[User],
     now: datetime,
-    catalog: PlanCatalog | None = None,
+    catalog: PlanCatalog,
+    grace: timedelta,
 ) -> list[UserQuota]:
     """Tokens used (settled, from the ledger) against each user's allowance for this period.
 
@@ -64,7 +65,6 @@ async def user_quotas(
     """
     if not users:
         return []
-    catalog = catalog or active_catalog()
     subscribed: set[uuid.UUID] = set()
     for ids in _chunks([u.id for u in users]):
         subscribed.update(
@@ -74,7 +74,7 @@ async def user_quotas(
         )
     entitlements = {
         u.id: await resolve_entitlement(
-            session, u, now, catalog=catalog, may_be_subscribed=u.id in subscribed
+            session, u, now, catalog=catalog, grace=grace, may_be_subscribed=u.id in subscribed
         )
         for u in users
     }
@@ -118,16 +118,21 @@ def _chunks(ids: Sequence[uuid.UUID]) -> list[Sequence[uuid.UUID]]:
 
 
 async def quota_consumption(
-    session: AsyncSession, now: datetime, threshold: float = NEAR_LIMIT
+    session: AsyncSession,
+    now: datetime,
+    catalog: PlanCatalog,
+    grace: timedelta,
+    threshold: float = NEAR_LIMIT,
 ) -> QuotaConsumption:
     """Per plan: users active this period, tokens used, and how many are near or at the limit."""
-    catalog = active_catalog()
     # Users with any usage in the lookback, from the per-user daily rollup (a whole day more at
     # most: the period filter below decides). A subquery, so no id list is sent back.
     since = (now - LOOKBACK).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     active = select(D.user_id).where(D.day >= since)
     users = (await session.scalars(select(User).where(User.id.in_(active)))).all()
-    quotas = [q for q in await user_quotas(session, users, now, catalog) if q.used_tokens > 0]
+    quotas = [
+        q for q in await user_quotas(session, users, now, catalog, grace) if q.used_tokens > 0
+    ]
     plans: dict[str, list[UserQuota]] = {name: [] for name in catalog.plans}
     for q in quotas:
         plans.setdefault(q.entitlement.plan.name, []).append(q)

@@ -23,6 +23,7 @@ from kiban.admin.schemas import (
     TopUsers,
 )
 from kiban.admin.web_auth import set_session_cookies
+from kiban.billing import PlanCatalogDep, grace
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SettingsDep
@@ -72,10 +73,12 @@ async def top_users(
 async def quota_consumption(
     _: AnalyticsAdmin,
     session: SessionDep,
+    catalog: PlanCatalogDep,
+    settings: SettingsDep,
     threshold: Annotated[float, Query(gt=0, le=1)] = quotas.NEAR_LIMIT,
 ) -> QuotaConsumption:
     """Per plan: users with usage this period, and the share of them near or at their limit."""
-    return await quotas.quota_consumption(session, clock.now(), threshold)
+    return await quotas.quota_consumption(session, clock.now(), catalog, grace(settings), threshold)
 
 
 @router.get("/usage")

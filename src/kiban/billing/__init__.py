@@ -6,6 +6,7 @@ What other domains use: the plan catalog and which plan and period a user has no
 subscription and inbox pages, re-applying an event, the inbox's outcomes).
 """
 
+from kiban.billing.dependencies import PlanCatalogDep
 from kiban.billing.entitlements import Entitlement, resolve_entitlement, unsubscribed_entitlement
 from kiban.billing.exceptions import (
     BillingNotConfigured,
@@ -16,7 +17,7 @@ from kiban.billing.exceptions import (
 from kiban.billing.fold import FAILED, OUTCOMES, PENDING, UNMATCHED
 from kiban.billing.inbox import reapply_event
 from kiban.billing.operator import inbox_page, subscription_page
-from kiban.billing.plans import DocumentLimits, Plan, PlanCatalog, active_catalog
+from kiban.billing.plans import DocumentLimits, Plan, PlanCatalog
 from kiban.billing.repository import customer_of_user, inbox_event
 from kiban.billing.service import grace, open_portal, require_stripe, subscription_view
 from kiban.billing.stripe_client import StripeClient
@@ -32,10 +33,10 @@ __all__ = [
     "NoBillingAccount",
     "Plan",
     "PlanCatalog",
+    "PlanCatalogDep",
     "StripeClient",
     "StripeUnavailable",
     "UnknownEvent",
-    "active_catalog",
     "customer_of_user",
     "grace",
     "inbox_event",

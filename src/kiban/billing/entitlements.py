@@ -10,13 +10,13 @@ quota period. It runs on every AI request, so it must stay cheap: at most one in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kiban.billing.plans import Plan, PlanCatalog, active_catalog
-from kiban.billing.state import default_grace, paid_subscription
+from kiban.billing.plans import Plan, PlanCatalog
+from kiban.billing.state import paid_subscription
 from kiban.models import User
 
 EntitlementSource = Literal["default", "admin", "subscription"]
@@ -45,11 +45,15 @@ async def resolve_entitlement(
     user: User,
     now: datetime,
     *,
-    catalog: PlanCatalog | None = None,
+    catalog: PlanCatalog,
+    grace: timedelta,
     may_be_subscribed: bool | None = None,
 ) -> Entitlement:
-    """The plan the user has at ``now`` and the quota period ``now`` falls in."""
-    catalog = catalog or active_catalog()
+    """The plan the user has at ``now`` and the quota period ``now`` falls in.
+
+    ``catalog`` and ``grace`` are the app's (``app.state.plans``, the settings' grace): passed in,
+    never read from a process global.
+    """
     # Billing: a subscription granting paid access now (state allows it, period not over)
     # decides the plan, and its billing period is the quota period. ``may_be_subscribed=False``
     # (``models.billing.may_have_paid_access``, read earlier in this request with the API key)
@@ -57,7 +61,7 @@ async def resolve_entitlement(
     # go stale.
     if may_be_subscribed is False:
         return unsubscribed_entitlement(user, now, catalog=catalog)
-    sub = await paid_subscription(session, user.id, now, default_grace())
+    sub = await paid_subscription(session, user.id, now, grace)
     plan = catalog.for_price(sub.price_id) if sub is not None and sub.price_id else None
     if sub is not None and plan is not None and sub.current_period_end is not None:
         sub_start = sub.current_period_start or calendar_month(now)[0]
@@ -65,11 +69,8 @@ async def resolve_entitlement(
     return unsubscribed_entitlement(user, now, catalog=catalog)
 
 
-def unsubscribed_entitlement(
-    user: User, now: datetime, *, catalog: PlanCatalog | None = None
-) -> Entitlement:
+def unsubscribed_entitlement(user: User, now: datetime, *, catalog: PlanCatalog) -> Entitlement:
     """The entitlement of a user known to have no paid subscription at ``now`` (no query)."""
-    catalog = catalog or active_catalog()
     start, end = calendar_month(now)
     if user.plan is not None and user.plan in catalog.plans:
         return Entitlement(catalog.plans[user.plan], start, end, source="admin")

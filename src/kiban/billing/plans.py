@@ -261,21 +261,3 @@ def _cached_catalog(plans_file: Path | None, stripe_prices: str | None) -> PlanC
 def catalog_for(settings: Settings) -> PlanCatalog:
     """The settings' catalog, parsed once per process (code outside the app: CLI, doctor)."""
     return _cached_catalog(settings.plans_file, settings.stripe_prices)
-
-
-_active: PlanCatalog | None = None
-
-
-def activate(catalog: PlanCatalog) -> None:
-    """Make ``catalog`` the process's plan catalog (the app does this at start-up)."""
-    global _active
-    _active = catalog
-
-
-def active_catalog() -> PlanCatalog:
-    """The catalog the app loaded, else the one the process's settings describe."""
-    if _active is not None:
-        return _active
-    from kiban.settings import get_settings
-
-    return catalog_for(get_settings())

@@ -104,7 +104,9 @@ async def subscription_view(
     from kiban.billing.entitlements import resolve_entitlement
 
     now = clock.now()
-    entitlement = await resolve_entitlement(session, user, now, catalog=catalog)
+    entitlement = await resolve_entitlement(
+        session, user, now, catalog=catalog, grace=grace(settings)
+    )
     sub = await state.paid_subscription(session, user.id, now, grace(settings))
     sub = sub or await state.latest_subscription(session, user.id)
     if sub is None:

@@ -169,21 +169,3 @@ async def expire_due(session: AsyncSession, grace: timedelta) -> list[BillingSub
 def grace_period(days: float) -> timedelta:
     """The PAST_DUE grace from the setting (days, may be fractional)."""
     return timedelta(days=days)
-
-
-_configured_grace: timedelta | None = None
-
-
-def configure_grace(grace: timedelta) -> None:
-    """Make ``grace`` the process's PAST_DUE grace (the app does this at start-up)."""
-    global _configured_grace
-    _configured_grace = grace
-
-
-def default_grace() -> timedelta:
-    """The grace the app configured, else the one the environment's settings give."""
-    if _configured_grace is not None:
-        return _configured_grace
-    from kiban.settings import get_settings
-
-    return grace_period(get_settings().billing_past_due_grace_days)

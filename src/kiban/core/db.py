@@ -29,7 +29,7 @@ def create_engine(database_url: str, *, pool_size: int = 10, echo: bool = False)
         engine = create_async_engine(
             url, echo=echo, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=0
         )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         event.listen(engine.sync_engine, "savepoint", _sqlite_begin_before_savepoint)
         return engine
     return create_async_engine(
@@ -37,7 +37,7 @@ def create_engine(database_url: str, *, pool_size: int = 10, echo: bool = False)
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # WAL lets readers proceed while one writer commits; busy_timeout waits instead of failing
     # with "database is locked" when two writers meet.
     cursor = dbapi_connection.cursor()

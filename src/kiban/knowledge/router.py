@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from kiban.auth import CurrentUser
-from kiban.billing import resolve_entitlement
+from kiban.billing import PlanCatalogDep, grace, resolve_entitlement
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.dependencies import SettingsDep
@@ -76,6 +76,7 @@ async def upload_documents(
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
+    catalog: PlanCatalogDep,
     files: Annotated[list[UploadFile] | None, File(description="one or more files")] = None,
     file: Annotated[list[UploadFile] | None, File(description="alias of `files`")] = None,
     shared: Annotated[bool, Form(description="admins: usable by every user")] = False,
@@ -99,7 +100,9 @@ async def upload_documents(
         )
         for u in uploads
     ]
-    entitlement = await resolve_entitlement(session, user, clock.now())
+    entitlement = await resolve_entitlement(
+        session, user, clock.now(), catalog=catalog, grace=grace(settings)
+    )
     results = await documents.upload(
         session,
         user,

@@ -73,12 +73,14 @@ class QuotaAdmission:
         catalog: PlanCatalog,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
+        grace: timedelta = timedelta(days=7),  # KIBAN_BILLING_PAST_DUE_GRACE_DAYS' default
         reservation_ttl: timedelta = timedelta(seconds=900),
         cost_bound: CostBound | None = None,
         settle_retry: timedelta = timedelta(minutes=15),
     ) -> None:
         self.store = store
         self.catalog = catalog
+        self.grace = grace
         self._sessionmaker = sessionmaker
         self._ttl = reservation_ttl
         self.cost_bound = cost_bound
@@ -94,7 +96,12 @@ class QuotaAdmission:
             return unsubscribed_entitlement(user, now, catalog=self.catalog)
         async with self._sessionmaker() as session:
             return await resolve_entitlement(
-                session, user, now, catalog=self.catalog, may_be_subscribed=may_be_subscribed
+                session,
+                user,
+                now,
+                catalog=self.catalog,
+                grace=self.grace,
+                may_be_subscribed=may_be_subscribed,
             )
 
     async def admit(self, request: AdmissionRequest) -> Ticket:

@@ -72,6 +72,7 @@ async def running_admission(
         store,
         catalog,
         store.read_sessions,
+        grace=timedelta(days=settings.billing_past_due_grace_days),
         reservation_ttl=timedelta(seconds=settings.quota_reservation_ttl_seconds),
         cost_bound=cost_bound,
     )

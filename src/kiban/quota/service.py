@@ -31,7 +31,9 @@ async def usage_report(
     admission: QuotaAdmission, session: AsyncSession, user: User, now: datetime
 ) -> UsageReport:
     """Plan, period, tokens and cost used and reserved, and rate-limit state of one user."""
-    entitlement = await resolve_entitlement(session, user, now, catalog=admission.catalog)
+    entitlement = await resolve_entitlement(
+        session, user, now, catalog=admission.catalog, grace=admission.grace
+    )
     plan = entitlement.plan
     state = await admission.store.state(user.id, entitlement.period_start)
     limit = token_limit(plan, state)
@@ -108,7 +110,9 @@ async def grant_extra_tokens(
     Written in the request's own transaction: on SQLite a second connection writing while the
     request holds its snapshot would deadlock the two.
     """
-    entitlement = await resolve_entitlement(session, user, now, catalog=admission.catalog)
+    entitlement = await resolve_entitlement(
+        session, user, now, catalog=admission.catalog, grace=admission.grace
+    )
     start, end = entitlement.period_start, entitlement.period_end
     await grant_in_session(session, user.id, start, end, extra)
     await admission.store.extra_tokens_changed(user.id, start, extra)
