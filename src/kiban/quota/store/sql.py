@@ -42,8 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from kiban.core import clock
-from kiban.core.db import sqlite_pragmas
-from kiban.core.db import create_sessionmaker
+from kiban.core.db import create_sessionmaker, sqlite_pragmas
 from kiban.models.base import UTCDateTime
 from kiban.quota.store.base import (
     SETTLEMENT_RETENTION,
