@@ -12,7 +12,7 @@ from kiban.admin.dashboard import account_context
 from kiban.admin.exceptions import CsrfFailed
 from kiban.admin.pages import render
 from kiban.admin.web_auth import Viewer, check_csrf, current_viewer, finish, sign_in_redirect
-from kiban.auth import KeyRingDep, create_api_key, list_api_keys, revoke_api_key
+from kiban.auth import KeyRing, KeyRingDep, create_api_key, list_api_keys, revoke_api_key
 from kiban.billing import (
     BillingNotConfigured,
     NoBillingAccount,
@@ -52,6 +52,20 @@ async def _page(
     )
 
 
+async def _form_viewer(
+    request: Request, session: SessionDep, settings: Settings, keyring: KeyRing, csrf_token: str
+) -> Viewer | Response:
+    """The signed-in viewer of a form post, or the response instead: sign in, or 403 on CSRF."""
+    viewer = await current_viewer(request, session, settings, keyring)
+    if viewer is None:
+        return sign_in_redirect(request)
+    try:
+        check_csrf(request, csrf_token)
+    except CsrfFailed as e:
+        return await _page(request, session, settings, viewer, error=e.message, status_code=403)
+    return viewer
+
+
 @router.get("/account")
 async def account(
     request: Request, session: SessionDep, settings: SettingsDep, keyring: KeyRingDep
@@ -73,13 +87,9 @@ async def create_key(
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     """Create an API key; its secret is shown once on the page that follows."""
-    viewer = await current_viewer(request, session, settings, keyring)
-    if viewer is None:
-        return sign_in_redirect(request)
-    try:
-        check_csrf(request, csrf_token)
-    except CsrfFailed as e:
-        return await _page(request, session, settings, viewer, error=e.message, status_code=403)
+    viewer = await _form_viewer(request, session, settings, keyring, csrf_token)
+    if isinstance(viewer, Response):
+        return viewer
     created = await create_api_key(session, viewer.user, name.strip() or "key")
     return await _page(request, session, settings, viewer, new_key=created.plaintext)
 
@@ -94,13 +104,9 @@ async def revoke_key(
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     """Revoke one of the user's API keys."""
-    viewer = await current_viewer(request, session, settings, keyring)
-    if viewer is None:
-        return sign_in_redirect(request)
-    try:
-        check_csrf(request, csrf_token)
-    except CsrfFailed as e:
-        return await _page(request, session, settings, viewer, error=e.message, status_code=403)
+    viewer = await _form_viewer(request, session, settings, keyring, csrf_token)
+    if isinstance(viewer, Response):
+        return viewer
     await revoke_api_key(session, viewer.user, key_id)
     return finish(RedirectResponse("/account", status_code=303), request, settings, viewer)
 
@@ -114,14 +120,13 @@ async def billing_portal(
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     """Open the Stripe Customer Portal for the user's customer (a redirect to Stripe)."""
-    viewer = await current_viewer(request, session, settings, keyring)
-    if viewer is None:
-        return sign_in_redirect(request)
+    viewer = await _form_viewer(request, session, settings, keyring, csrf_token)
+    if isinstance(viewer, Response):
+        return viewer
     try:
-        check_csrf(request, csrf_token)
         stripe: StripeClient | None = getattr(request.app.state, "stripe", None)
         url = await open_portal(session, require_stripe(stripe), settings, viewer.user)
-    except (CsrfFailed, BillingNotConfigured, NoBillingAccount) as e:
+    except (BillingNotConfigured, NoBillingAccount) as e:
         return await _page(
             request, session, settings, viewer, error=e.message, status_code=e.status_code
         )
