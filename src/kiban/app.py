@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.state.stripe is not None:
                 stack.push_async_callback(app.state.stripe.aclose)
             await start_knowledge(engine.sync_engine, settings)
-            app.state.gateway = Gateway.create(settings, app.state.sessionmaker, gateway_config)
+            app.state.gateway = Gateway.create(
+                settings, app.state.sessionmaker, gateway_config, admission=app.state.admission
+            )
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.close)
             log.info(

@@ -34,8 +34,8 @@ class RecordingAdmission:
 
 @pytest.fixture
 def admission(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> RecordingAdmission:
-    recording = RecordingAdmission(app.state.admission)
-    monkeypatch.setattr(app.state, "admission", recording)
+    recording = RecordingAdmission(app.state.gateway.admission)
+    monkeypatch.setattr(app.state.gateway, "admission", recording)
     return recording
 
 

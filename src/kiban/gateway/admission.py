@@ -11,8 +11,8 @@ CONTRACT between the gateway pipeline (issue 3) and quota enforcement (issue 5):
   error or cancelled alike, shielded from cancellation), the pipeline calls
   ``await admission.settle(ticket, Usage(...))`` exactly once.
 
-``OpenAdmission`` admits everything; the app installs the quota-enforcing implementation on
-``app.state.admission``.
+``OpenAdmission`` admits everything (benchmarks' baseline); the app hands the quota-enforcing
+implementation to ``Gateway.create``, which requires one.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kiban.auth import Principal
 from kiban.core.context import current_request_id
 from kiban.gateway import grounding
-from kiban.gateway.admission import Admission, OpenAdmission
+from kiban.gateway.admission import Admission
 from kiban.gateway.call import Call, Recorder
 from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
 from kiban.gateway.pricing import PriceTable, load_prices
@@ -64,8 +64,10 @@ class Gateway:
         prices: PriceTable,
         providers: dict[str, Provider],
         ledger: LedgerWriter,
+        admission: Admission,
     ) -> None:
         self.settings = settings
+        self.admission = admission
         self.catalog = catalog
         self.prices = prices
         self.providers = providers
@@ -81,9 +83,14 @@ class Gateway:
         sessionmaker: async_sessionmaker[AsyncSession],
         config: GatewayConfig | None = None,
         *,
+        admission: Admission,
         http_client: httpx2.AsyncClient | None = None,
     ) -> Gateway:
-        """Build the providers and the ledger writer (``ConfigurationError`` on bad files)."""
+        """Build the providers and the ledger writer (``ConfigurationError`` on bad files).
+
+        ``admission`` is required: a gateway without quotas must say so (``OpenAdmission``),
+        never fall back to it because the wiring was forgotten.
+        """
         config = config or GatewayConfig.load(settings)
         catalog, prices = config.catalog, config.prices
         providers: dict[str, Provider] = {"extractive": ExtractiveProvider()}
@@ -99,7 +106,7 @@ class Gateway:
             batch_size=settings.ledger_batch_size,
             flush_interval=settings.ledger_flush_interval_seconds,
         )
-        return cls(settings, catalog, prices, providers, ledger)
+        return cls(settings, catalog, prices, providers, ledger, admission)
 
     async def start(self) -> None:
         self.ledger.start()
@@ -126,10 +133,9 @@ class Gateway:
     ) -> Call:
         """A new call for an authenticated request."""
         state = request.scope.setdefault("state", {})
-        admission: Admission | None = getattr(request.app.state, "admission", None)
         return Call(
             recorder=self.recorder,
-            admission=admission or OpenAdmission(),
+            admission=self.admission,
             principal=principal,
             request_id=current_request_id() or state.get("request_id") or "",
             endpoint=endpoint,
