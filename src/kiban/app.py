@@ -59,9 +59,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.stripe = StripeClient.from_settings(settings)
             if app.state.stripe is not None:
                 stack.push_async_callback(app.state.stripe.aclose)
-            await start_knowledge(engine.sync_engine, settings)
+            app.state.knowledge_gate = await start_knowledge(settings)
             app.state.gateway = Gateway.create(
-                settings, app.state.sessionmaker, gateway_config, admission=app.state.admission
+                settings,
+                app.state.sessionmaker,
+                gateway_config,
+                admission=app.state.admission,
+                gate=app.state.knowledge_gate,
             )
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.close)

@@ -300,6 +300,23 @@ async def test_threshold_settings_move_the_line(make_settings, user: User) -> No
             assert found["results"][0]["relevant"] is expected
 
 
+async def test_threshold_settings_move_the_line_for_grounded_answers(
+    make_settings, user: User
+) -> None:  # type: ignore[no-untyped-def]
+    from kiban.app import create_app
+    from tests.conftest import RunningApp
+
+    question = "Who handles refund complaints about shipping?"
+    for threshold, expected in ((0.0, "ok"), (0.99, "no_context")):
+        settings = make_settings(knowledge_relevance_threshold=threshold)
+        async with RunningApp(create_app(settings)) as app, make_client(app) as client:
+            headers = auth_headers(app, user)
+            await upload(client, headers, "refunds.md", REFUNDS)
+            answer = await client.post("/ai/test", headers=headers, json={"prompt": question})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["status"] == expected
+
+
 def _plans_with_document_limits(tmp_path, **limits: int):  # type: ignore[no-untyped-def]
     """The shipped plans file with the free plan's document limits replaced."""
     from importlib import resources

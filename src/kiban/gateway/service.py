@@ -25,7 +25,7 @@ from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
 from kiban.gateway.providers.openai import OpenAIProvider
 from kiban.gateway.tokenizer import count_text, encoding
-from kiban.knowledge import RetrievedChunk, retrieve
+from kiban.knowledge import GateConfig, RetrievedChunk, retrieve
 from kiban.settings import Settings
 from kiban.usage import LedgerWriter
 
@@ -65,9 +65,11 @@ class Gateway:
         providers: dict[str, Provider],
         ledger: LedgerWriter,
         admission: Admission,
+        gate: GateConfig,
     ) -> None:
         self.settings = settings
         self.admission = admission
+        self.gate = gate
         self.catalog = catalog
         self.prices = prices
         self.providers = providers
@@ -84,6 +86,7 @@ class Gateway:
         config: GatewayConfig | None = None,
         *,
         admission: Admission,
+        gate: GateConfig,
         http_client: httpx2.AsyncClient | None = None,
     ) -> Gateway:
         """Build the providers and the ledger writer (``ConfigurationError`` on bad files).
@@ -106,7 +109,7 @@ class Gateway:
             batch_size=settings.ledger_batch_size,
             flush_interval=settings.ledger_flush_interval_seconds,
         )
-        return cls(settings, catalog, prices, providers, ledger, admission)
+        return cls(settings, catalog, prices, providers, ledger, admission, gate)
 
     async def start(self) -> None:
         self.ledger.start()
@@ -160,5 +163,6 @@ class Gateway:
             user_id=call.principal.user.id,
             query=query,
             top_k=top_k or self.settings.gateway_top_k,
+            gate=self.gate,
         )
         return retrieval.relevant

@@ -49,11 +49,11 @@ def search(
 
         settings = Settings()
         engine = create_engine(settings.database_url)
-        service.configure_from_settings(engine.sync_engine, settings)
+        gate = service.gate_from_settings(settings)
         try:
             async with create_sessionmaker(engine)() as session:
                 retrieval = await service.retrieve(
-                    session, user_id=uuid.UUID(int=0), query=query, top_k=top_k
+                    session, user_id=uuid.UUID(int=0), query=query, top_k=top_k, gate=gate
                 )
         finally:
             await engine.dispose()

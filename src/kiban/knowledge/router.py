@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
 
 from kiban.auth import CurrentUser
 from kiban.billing import PlanCatalogDep, grace, resolve_entitlement
@@ -153,10 +153,16 @@ async def delete_document(document_id: uuid.UUID, session: SessionDep, user: Cur
 
 @router.post("/documents/search", response_model=SearchResponse)
 async def search_documents(
-    body: SearchRequest, session: SessionDep, user: CurrentUser
+    body: SearchRequest, session: SessionDep, user: CurrentUser, request: Request
 ) -> SearchResponse:
     """The ranked chunks grounded answers would use for `query`, each marked relevant or not."""
-    retrieval = await service.retrieve(session, user_id=user.id, query=body.query, top_k=body.top_k)
+    retrieval = await service.retrieve(
+        session,
+        user_id=user.id,
+        query=body.query,
+        top_k=body.top_k,
+        gate=request.app.state.knowledge_gate,
+    )
     return SearchResponse(
         results=[
             SearchResult(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
 from dataclasses import dataclass, field
 
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.knowledge.analyzer import analyzer
@@ -44,41 +42,23 @@ class Retrieval:
         return [c for c in self.chunks if c.relevant]
 
 
-# The gate each app configured for its database (set at startup from its settings); a session on
-# any other engine (scripts, benchmarks) uses the default.
-_gates: weakref.WeakKeyDictionary[Engine, GateConfig] = weakref.WeakKeyDictionary()
-
-
 def default_gate() -> GateConfig:
     """The calibrated relevance gate."""
     return GateConfig()
 
 
-def configure_gate(engine: Engine, gate: GateConfig) -> None:
-    """Use `gate` for retrievals on `engine` (the app does this from its settings at startup)."""
-    _gates[engine] = gate
-
-
-async def start(engine: Engine, settings: Settings) -> None:
-    """At app startup: the gate from the settings; the Sudachi dictionary loaded off the loop."""
-    configure_from_settings(engine, settings)
-    await asyncio.to_thread(analyzer().warm_up)
-
-
-def configure_from_settings(engine: Engine, settings: Settings) -> None:
-    """Configure the relevance gate for an app's engine from its settings."""
-    configure_gate(
-        engine,
-        GateConfig(
-            threshold=settings.knowledge_relevance_threshold,
-            threshold_japanese=settings.knowledge_relevance_threshold_japanese,
-        ),
+def gate_from_settings(settings: Settings) -> GateConfig:
+    """The relevance gate the settings configure (KIBAN_KNOWLEDGE_RELEVANCE_THRESHOLD*)."""
+    return GateConfig(
+        threshold=settings.knowledge_relevance_threshold,
+        threshold_japanese=settings.knowledge_relevance_threshold_japanese,
     )
 
 
-def gate_for(session: AsyncSession) -> GateConfig:
-    """The relevance gate configured for the session's database."""
-    return _gates.get(session.get_bind().engine) or default_gate()
+async def start(settings: Settings) -> GateConfig:
+    """At app startup: the Sudachi dictionary loaded off the loop; the gate the app will use."""
+    await asyncio.to_thread(analyzer().warm_up)
+    return gate_from_settings(settings)
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -88,10 +68,19 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
 
 
 async def retrieve(
-    session: AsyncSession, *, user_id: uuid.UUID, query: str, top_k: int = 5
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    query: str,
+    top_k: int = 5,
+    gate: GateConfig | None = None,
 ) -> Retrieval:
-    """The chunks relevant to `query` among the user's and shared documents (ranked)."""
-    gate = gate_for(session)
+    """The chunks relevant to `query` among the user's and shared documents (ranked).
+
+    ``gate`` is the app's (``app.state.knowledge_gate``, from the settings); scripts and
+    benchmarks that pass none get the calibrated default.
+    """
+    gate = gate or default_gate()
     top_k = max(1, min(top_k, MAX_TOP_K))
     profile = await profile_query(session, query)
     threshold = gate.threshold_for(profile)
