@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from kiban.gateway import UsageEntry
+from kiban.usage import UsageEntry
 
 
 class Interval(StrEnum):

@@ -2,14 +2,13 @@
 catalog and prices.
 
 What other packages use: the ``Admission`` protocol a quota implementation fulfils (and the
-types it speaks: ``AdmissionRequest``, ``Ticket``, ``Usage``), the catalog and prices it is
-built from, and the ledger entry schema ``/ai/logs`` and the admin pages share.
+types it speaks: ``AdmissionRequest``, ``Ticket``, ``Usage``), and the catalog and prices it is
+built from.
 """
 
 from kiban.gateway.admission import Admission, AdmissionRequest, OpenAdmission, Ticket, Usage
 from kiban.gateway.catalog import Catalog
 from kiban.gateway.pricing import PriceTable
-from kiban.gateway.schemas import UsageEntry
 from kiban.gateway.service import Gateway, GatewayConfig
 
 __all__ = [
@@ -22,5 +21,4 @@ __all__ = [
     "PriceTable",
     "Ticket",
     "Usage",
-    "UsageEntry",
 ]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from kiban.usage import UsageEntry
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -54,39 +51,6 @@ class AskResponse(BaseModel):
     sources: list[Source]
     status: str = Field(description="ok, or no_context when nothing relevant was found.")
     finish_reason: str | None = None
-
-
-class UsageEntry(BaseModel):
-    """One usage-ledger record: the fields every view of the ledger shows (``/ai/logs``, the
-    admin usage log and its dashboard table)."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    request_id: str
-    created_at: datetime
-    user_id: uuid.UUID | None
-    api_key_id: uuid.UUID | None
-    plan: str | None
-    endpoint: str
-    model: str
-    provider: str
-    streamed: bool
-    status: str
-    error_code: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cached_tokens: int
-    estimated_cost: Decimal | None
-    response_time_ms: float
-    time_to_first_token_ms: float | None
-    source_ids: list[Any] | None
-
-    @field_serializer("estimated_cost")
-    def _exact(self, value: Decimal | None) -> str | None:
-        # The column keeps 10 decimal places; show the exact value without padding ("0.00042").
-        return None if value is None else format(value.normalize(), "f")
 
 
 class LogEntry(UsageEntry):

@@ -6,7 +6,8 @@
 - ``bins``: the fixed latency and TTFT histogram bins a record adds to;
 - ``histograms``: exact percentiles located with those bins;
 - ``percentiles``: exact nearest-rank percentiles by sampled selection (no histogram needed);
-- ``queries``: reads of the ledger (newest-first pages, a window's values, the export's rows).
+- ``queries``: reads of the ledger (newest-first pages, a window's values, the export's rows);
+- ``schemas``: ``UsageEntry``, a record as the API shows it.
 
 A layer below ``gateway`` and ``admin``: it imports only ``core``, ``models`` and ``settings``.
 The callers shape what they read (HTTP pages, cursors, CSV).
@@ -28,6 +29,7 @@ from kiban.usage.queries import (
 )
 from kiban.usage.rollups import DAY, HOUR, hourly_aggregates, rebuild
 from kiban.usage.rollups import split as split_window
+from kiban.usage.schemas import UsageEntry
 
 __all__ = [
     "DAY",
@@ -44,6 +46,7 @@ __all__ = [
     "Record",
     "RecordFilter",
     "Selection",
+    "UsageEntry",
     "Wanted",
     "bin_of",
     "bin_range",
