@@ -97,3 +97,36 @@ async def test_nothing_relevant_is_answered_alike_by_every_surface(
     assert [(r.status, r.total_tokens, r.response_text) for r in records] == [
         ("no_context", 0, NO_ANSWER)
     ] * 4
+
+
+async def test_a_client_that_leaves_before_its_body_is_read_is_recorded_as_such(
+    app: FastAPI, user_headers: dict[str, str]
+) -> None:
+    # Raw ASGI: the client sends its headers, then goes (http.disconnect) before any body.
+    headers = [(k.lower().encode(), v.encode()) for k, v in user_headers.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"host", b"kiban"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("kiban", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 499  # not a 500: the server did nothing wrong
+    (record,) = await ledger(app)
+    assert (record.endpoint, record.error_code) == ("chat_completions", "client_disconnected")

@@ -16,6 +16,7 @@ Hierarchy (domain packages subclass these in their own ``exceptions.py``)::
     ├── UnsupportedMediaType       415 unsupported_media_type
     ├── Unprocessable              422 unprocessable
     ├── TooManyRequests            429 too_many_requests (Retry-After)
+    ├── ClientDisconnected         499 client_disconnected (no one reads it: the client left)
     └── ServiceUnavailable         503 service_unavailable
 """
 
@@ -29,6 +30,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from kiban.core.context import current_request_id
@@ -122,6 +124,14 @@ class TooManyRequests(AppError):
     default_message = "Too many requests."
 
 
+class ClientDisconnected(AppError):
+    """The client closed the connection before its request was read: not a server error."""
+
+    status_code = 499  # nginx's "client closed request"
+    code = "client_disconnected"
+    default_message = "The client closed the connection before the request was read."
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "service_unavailable"
@@ -189,6 +199,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, {"code": code, "message": message}, exc.headers)
 
 
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    # Reading the body failed because the client left: a line, not a traceback, and no 500.
+    log.info("client_disconnected", path=request.url.path)
+    return await _app_error(request, ClientDisconnected())
+
+
 async def _unhandled(request: Request, exc: Exception) -> Response:
     # Starlette answers this one outside our middleware, whose request id is no longer current:
     # take it from the scope, so that the log line, the body and the header still carry it.
@@ -206,4 +222,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unhandled)

@@ -21,9 +21,11 @@ from typing import Any
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from kiban.auth import Principal
+from kiban.core.errors import ClientDisconnected
 from kiban.gateway import grounding
 from kiban.gateway.call import Call, Outcome
 from kiban.gateway.providers.base import CompletionStream, ProviderRequest, TokenUsage
@@ -97,7 +99,11 @@ async def serve(
     call = gateway.begin(request, principal, surface.endpoint, streamed=surface.streamed)
     async with call.guard():
         call.model_name = gateway.catalog.default
-        intent = surface.parse(await request.body())
+        try:
+            raw = await request.body()
+        except ClientDisconnect as e:  # recorded as such, not as a server error
+            raise ClientDisconnected() from e
+        intent = surface.parse(raw)
         call.streamed = intent.stream
         prepared = await prepare(gateway, session, call, intent)
         # The database work is done: commit now rather than hold a pool connection (there are
