@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -73,7 +74,8 @@ async def prepare(database_url: str) -> str:
     engine = create_engine(database_url)
     await upgrade(engine)
     async with session_scope(create_sessionmaker(engine)) as session:
-        user = User(email="bench@example.com", password_hash=hash_password("bench-password-1"))
+        email = f"bench-{uuid.uuid4().hex[:8]}@example.com"  # a reused database keeps its users
+        user = User(email=email, password_hash=hash_password("bench-password-1"))
         session.add(user)
         await session.flush()
         key = (await create_api_key(session, user, "bench")).plaintext

@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 BENCHMARKS: list[tuple[str, list[str]]] = [
+    ("saturation.py", []),
     ("gateway_overhead.py", ["--requests", "2000", "--concurrency", "32", "--seconds", "5"]),
     ("auth_overhead.py", []),
     ("retrieval_eval.py", []),
