@@ -1,4 +1,8 @@
-"""Two kiban processes (uvicorn, served ports) on one PostgreSQL (and Redis): limits are global."""
+"""Two kiban processes (uvicorn, served ports) on one database (and Redis): limits are global.
+
+On SQLite this is ``kiban serve --workers 2`` (two processes on one file); on PostgreSQL, two
+instances behind a load balancer.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from tests.conftest import TEST_SECRET
 from tests.factories import ledger_count
 from tests.quota.conftest import insert_user
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(300)]
 QUESTION = [{"role": "user", "content": "What does the fox do?"}]
 
 
@@ -80,8 +84,6 @@ def two_servers(
     plans_file: Path,
     tmp_path: Path,
 ) -> Iterator[list[Server]]:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("two processes share one PostgreSQL")
     env = {
         **os.environ,
         "KIBAN_ENV": "test",
