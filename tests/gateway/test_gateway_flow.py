@@ -28,8 +28,10 @@ class RecordingAdmission:
         self.requests.append(request)
         return await self.inner.admit(request)
 
-    async def settle(self, ticket: Ticket, usage: Usage) -> None:
-        await self.inner.settle(ticket, usage)
+    async def settle(
+        self, ticket: Ticket, usage: Usage, record: dict[str, Any] | None = None
+    ) -> None:
+        await self.inner.settle(ticket, usage, record)
 
 
 @pytest.fixture

@@ -41,6 +41,10 @@ class Ticket:
     max_completion_tokens: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     state: Any = None  # implementation-private (what settle needs)
+    # True: ``settle`` writes the call's ledger record in the settlement's own transaction, so
+    # that a finished call's usage and its record are one durable write. False: the gateway
+    # hands the record to its buffered writer.
+    records_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class Usage:
 class Admission(Protocol):
     async def admit(self, request: AdmissionRequest) -> Ticket: ...
 
-    async def settle(self, ticket: Ticket, usage: Usage) -> None: ...
+    async def settle(
+        self, ticket: Ticket, usage: Usage, record: dict[str, Any] | None = None
+    ) -> None: ...
 
 
 class OpenAdmission:
@@ -62,5 +68,7 @@ class OpenAdmission:
     async def admit(self, request: AdmissionRequest) -> Ticket:
         return Ticket(max_completion_tokens=request.max_completion_tokens)
 
-    async def settle(self, ticket: Ticket, usage: Usage) -> None:
+    async def settle(
+        self, ticket: Ticket, usage: Usage, record: dict[str, Any] | None = None
+    ) -> None:
         return None

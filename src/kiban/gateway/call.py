@@ -151,7 +151,8 @@ class Call:
         error_code: str | None = None,
         served: ModelSpec | None = None,
     ) -> Outcome:
-        """Record the call (once): ledger, metrics, log fields, then settle the ticket."""
+        """Record the call (once): metrics and log fields, then settle the ticket together with
+        the call's ledger record (or hand the record to the ledger writer when there is none)."""
         if self.outcome is not None:
             return self.outcome
         usage = usage or TokenUsage()
@@ -180,14 +181,21 @@ class Call:
             model=name,
         )
         self.outcome = outcome
-        self.recorder.ledger.submit(self._record(outcome, model, error_code, response_text))
+        record = self._record(outcome, model, error_code, response_text)
+        # An admitted call's record is written with its settlement, one durable write before the
+        # response (decision 0065); the others' (refused before admission) by the buffered writer.
+        with_settle = self.ticket is not None and self.ticket.records_usage
+        if not with_settle:
+            self.recorder.ledger.submit(record)
         # A metric label only for a model the catalog knows: the name a request asked for is the
         # client's to choose, and each new label value is a time series kept for good.
         self._observe(outcome, name if model is not None else "unknown")
         if self.ticket is not None:
             settle = asyncio.ensure_future(
                 self.admission.settle(
-                    self.ticket, Usage(usage.prompt_tokens, usage.completion_tokens, cost)
+                    self.ticket,
+                    Usage(usage.prompt_tokens, usage.completion_tokens, cost),
+                    record if with_settle else None,
                 )
             )
             self.recorder.track(settle)

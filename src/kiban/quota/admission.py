@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.billing import Entitlement, PlanCatalog, resolve_entitlement, unsubscribed_entitlement
 from kiban.core import clock
-from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
+from kiban.core.metrics import LEDGER_WRITTEN, QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway import AdmissionRequest, Ticket, Usage
 from kiban.models import User
 from kiban.quota.exceptions import (
@@ -62,6 +63,7 @@ class _Held:
     reservation: Reservation
     handle: object
     settled: bool = False
+    record: dict[str, Any] | None = None  # the call's ledger record, written with the settle
 
 
 class QuotaAdmission:
@@ -156,6 +158,7 @@ class QuotaAdmission:
             max_completion_tokens=cap,
             headers=headers,
             state=_Held(reservation, outcome.handle),
+            records_usage=True,
         )
 
     async def _take_key_window(
@@ -282,17 +285,23 @@ class QuotaAdmission:
             extra={**fields, "retry_after": retry},
         )
 
-    async def settle(self, ticket: Ticket, usage: Usage) -> None:
+    async def settle(
+        self, ticket: Ticket, usage: Usage, record: dict[str, Any] | None = None
+    ) -> None:
         """Replace the ticket's reservation by the actual usage (once; later calls do nothing).
 
-        If the store fails, the settlement is retried in the background (the store settles a
-        reservation id at most once, so a retry after a lost reply counts nothing twice) until
-        ``settle_retry`` has passed; ``aclose`` gives pending retries a last chance.
+        ``record``, the call's ledger record, is written in the settlement's transaction: one
+        durable write, committed before the response, so no answered call is left unrecorded
+        and quota ``used`` equals the ledger's tokens. If the store fails, the settlement (with
+        its record) is retried in the background (the store settles a reservation id at most
+        once, so a retry after a lost reply counts nothing twice) until ``settle_retry`` has
+        passed; ``aclose`` gives pending retries a last chance.
         """
         held = ticket.state
         if not isinstance(held, _Held) or held.settled:
             return
         held.settled = True
+        held.record = record
         used = max(usage.prompt_tokens, 0) + max(usage.completion_tokens, 0)
         cost = usd_to_nanos(usage.cost) if usage.cost and usage.cost > 0 else 0
         try:
@@ -308,9 +317,16 @@ class QuotaAdmission:
         self._note(held, result)
 
     async def _settle_once(self, held: _Held, used: int, cost: int) -> SettleResult:
-        return await self.store.settle(
-            held.reservation, held.handle, used_tokens=used, used_cost_nanos=cost
+        result = await self.store.settle(
+            held.reservation,
+            held.handle,
+            used_tokens=used,
+            used_cost_nanos=cost,
+            record=held.record,
         )
+        if held.record is not None and result != "duplicate":
+            LEDGER_WRITTEN.inc()
+        return result
 
     async def _retry_settle(self, held: _Held, used: int, cost: int) -> None:
         loop = asyncio.get_running_loop()
@@ -345,8 +361,8 @@ class QuotaAdmission:
         self._abandon(held, used, cost, attempts)
 
     def _abandon(self, held: _Held, used: int, cost: int, attempts: int) -> None:
-        # The usage stays in the ledger, but the quota counters miss it (the reservation expires
-        # and frees its hold): logged with what an operator needs to add it back.
+        # The quota counters and the ledger miss the usage (the reservation expires and frees its
+        # hold): logged with what an operator needs to add it back.
         QUOTA_SETTLE_RETRIES.labels("abandoned").inc()
         log.error(
             "quota_settle_abandoned",
@@ -356,6 +372,8 @@ class QuotaAdmission:
             used_tokens=used,
             used_cost_nanos=cost,
             attempts=attempts,
+            # Written with the settlement, the record is lost with it: kept here, in the log.
+            record=held.record,
         )
 
     def _note(self, held: _Held, result: SettleResult) -> None:

@@ -16,7 +16,7 @@ The callers shape what they read (HTTP pages, cursors, CSV).
 from kiban.usage.bins import EDGES, LATENCY, TTFT, bin_of, bin_range, record_bins
 from kiban.usage.histograms import Buckets, Fetch, Metric
 from kiban.usage.histograms import percentiles as binned_percentiles
-from kiban.usage.ledger import LedgerWriter, Record
+from kiban.usage.ledger import LedgerWriter, Record, write_records
 from kiban.usage.percentiles import Column, Selection, Wanted, nearest_rank
 from kiban.usage.queries import (
     EXPORT_COLUMNS,
@@ -61,4 +61,5 @@ __all__ = [
     "records_with_emails",
     "split_window",
     "stream_export",
+    "write_records",
 ]

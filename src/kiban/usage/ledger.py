@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 from sqlalchemy import insert
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from kiban.core.db import session_scope
 from kiban.core.metrics import LEDGER_DROPPED, LEDGER_QUEUE_DEPTH, LEDGER_WRITTEN
@@ -149,8 +149,9 @@ class LedgerWriter:
                 async with session_scope(self._sessionmaker) as session:
                     # The analytics rollups, in the same transaction: a failed attempt rolls
                     # both back, so a retried batch is counted once (decision 0055).
-                    await rollups.add(session, batch)
-                    await session.execute(insert(UsageRecord), batch)
+                    # Rollups in the same transaction: a failed attempt rolls both back, so a
+                    # retried batch is counted once (decision 0055).
+                    await write_records(session, batch)
             except (IntegrityError, DataError) as exc:
                 # The data, not the database: retrying the batch would stall every later record
                 # behind it. Write the records one by one instead.
@@ -196,3 +197,13 @@ class LedgerWriter:
                 reason=reason,
                 record={k: str(v) for k, v in record.items()},
             )
+
+
+async def write_records(conn: AsyncSession | AsyncConnection, records: list[Record]) -> None:
+    """Insert ledger records and add them to the rollups, in the caller's transaction.
+
+    The quota store calls this in a settlement's transaction (one durable write per finished
+    call); the buffered writer, for records with no settlement.
+    """
+    await rollups.add(conn, records)
+    await conn.execute(insert(UsageRecord), records)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from kiban.core import clock
 from kiban.models import (
@@ -63,7 +63,9 @@ def to_units(cost: Decimal | float | None) -> int:
     return int((Decimal(cost) * COST_SCALE).to_integral_value(ROUND_HALF_UP))
 
 
-async def add(session: AsyncSession, records: Sequence[MutableMapping[str, Any]]) -> None:
+async def add(
+    session: AsyncSession | AsyncConnection, records: Sequence[MutableMapping[str, Any]]
+) -> None:
     """Add a ledger batch to the rollups (call it in the transaction that inserts the batch).
 
     A record without ``created_at`` gets ``clock.now()`` here, in the dict, so that its ledger
@@ -104,7 +106,7 @@ def _accumulate(
 
 
 async def _upsert(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     table: Table,
     keys: Sequence[str],
     figures: Sequence[str],
@@ -112,7 +114,10 @@ async def _upsert(
 ) -> None:
     if not rows:
         return
-    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
+    dialect = (
+        session.dialect if isinstance(session, AsyncConnection) else session.get_bind().dialect
+    )
+    insert = sqlite_insert if dialect.name == "sqlite" else pg_insert
     statement = insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=list(keys),

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -152,8 +152,10 @@ class QuotaStore(Protocol):
         *,
         used_tokens: int,
         used_cost_nanos: int,
+        record: dict[str, Any] | None = None,
     ) -> SettleResult:
-        """Replace the reservation by actual usage, once per reservation id."""
+        """Replace the reservation by actual usage, once per reservation id; with ``record``,
+        write that ledger record (and its rollups) in the same database transaction."""
         ...
 
     async def take_key_window(

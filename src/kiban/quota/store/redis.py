@@ -218,8 +218,12 @@ class RedisQuotaStore:
         *,
         used_tokens: int,
         used_cost_nanos: int,
+        record: dict[str, Any] | None = None,
     ) -> SettleResult:
-        """Replace the reservation by actual usage, once per reservation id."""
+        """Replace the reservation by actual usage, once per reservation id. ``record`` is
+        written with the durable copy, in its database transaction (not in Redis's script: a
+        crash between the two leaves Redis counting usage the ledger does not have until Redis
+        is re-seeded from the copy)."""
         r = reservation
         removed = await self._settle(
             keys=[*_keys(r.user_id, r.period_start), f"kiban:settled:{{{r.user_id}}}:{r.id.hex}"],
@@ -243,6 +247,7 @@ class RedisQuotaStore:
             r.period_end,
             tokens=used_tokens,
             cost_nanos=used_cost_nanos,
+            record=record,
         )
         return "duplicate" if removed == -1 else "settled" if removed else "late"
 

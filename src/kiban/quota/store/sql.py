@@ -69,6 +69,7 @@ from kiban.quota.store.sql_statements import (
     take_statement,
 )
 from kiban.quota.store.sqlite_fast_path import KeyRow, RawSqlite, TakenRow
+from kiban.usage import write_records
 
 _MAX_ATTEMPTS = 4
 
@@ -256,8 +257,11 @@ class SqlQuotaStore:
         *,
         used_tokens: int,
         used_cost_nanos: int,
+        record: dict[str, Any] | None = None,
     ) -> SettleResult:
-        """Replace the reservation by actual usage, once per reservation id."""
+        """Replace the reservation by actual usage, once per reservation id; with ``record``,
+        write that ledger record and its rollups in the same transaction (a duplicate settle
+        writes nothing: its record was written with the first)."""
         params: dict[str, Any] = {
             "rid": reservation.id,
             "pid": handle,
@@ -267,17 +271,19 @@ class SqlQuotaStore:
             "w": reservation.window,
             "now": clock.now(),
         }
+        if record is not None:
+            return await self._settle_and_record(params, record)
         if self._pg:
             async with self._engine.connect() as conn:
                 held = (await conn.execute(self._settle_pg, params)).scalar()
             return "duplicate" if held is None else "settled" if held else "late"
-        record = self._raw.prepare("record_settlement", self._record_settlement)
+        recorded = self._raw.prepare("record_settlement", self._record_settlement)
         release = self._raw.prepare("release", self._delete_reservation)
         settle = self._raw.prepare("settle", self._settle_sqlite)
-        record_args, release_args = record.bind(params), release.bind(params)
+        record_args, release_args = recorded.bind(params), release.bind(params)
 
         def work(db: sqlite3.Connection) -> SettleResult:
-            if not db.execute(record.sql, record_args).fetchall():
+            if not db.execute(recorded.sql, record_args).fetchall():
                 return "duplicate"
             held = db.execute(release.sql, release_args).fetchall()
             params["held_t"] = held[0][0] if held else 0
@@ -289,6 +295,27 @@ class SqlQuotaStore:
 
         # One hop for the whole transaction (RawSqlite.in_one_hop).
         return await self._raw.in_one_hop(work)
+
+    async def _settle_and_record(
+        self, params: dict[str, Any], record: dict[str, Any]
+    ) -> SettleResult:
+        async with self._write() as conn:
+            if self._pg:
+                held = (await conn.execute(self._settle_pg, params)).scalar()
+                if held is None:
+                    return "duplicate"
+                result: SettleResult = "settled" if held else "late"
+            else:
+                if (await conn.execute(self._record_settlement, params)).first() is None:
+                    return "duplicate"
+                taken = (await conn.execute(self._delete_reservation, params)).first()
+                params["held_t"], params["held_c"] = (taken[0], taken[1]) if taken else (0, 0)
+                if taken is None:
+                    params["rel"] = 0
+                await conn.execute(self._settle_sqlite, params)
+                result = "settled" if taken else "late"
+            await write_records(conn, [record])
+        return result
 
     # --- expiry, reads, grants -----------------------------------------------------------------
 
@@ -398,9 +425,11 @@ class SqlQuotaStore:
         *,
         tokens: int,
         cost_nanos: int,
+        record: dict[str, Any] | None = None,
     ) -> bool:
         """Record a settlement's usage without a reservation (the Redis store's durable copy),
-        once per ``settlement_id``; False when it was recorded before."""
+        once per ``settlement_id``, with its ledger ``record``; False when it was recorded
+        before."""
         now = clock.now()
         statement = (
             update(P)
@@ -418,6 +447,8 @@ class SqlQuotaStore:
             if (await conn.execute(statement)).rowcount == 0:
                 await self._create_period(conn, user_id, period_start, period_end, now)
                 await conn.execute(statement)
+            if record is not None:
+                await write_records(conn, [record])
         return True
 
     async def close(self) -> None:
