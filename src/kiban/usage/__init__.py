@@ -27,7 +27,15 @@ from kiban.usage.queries import (
     records_with_emails,
     stream_export,
 )
-from kiban.usage.rollups import DAY, HOUR, hourly_aggregates, rebuild
+from kiban.usage.rollups import (
+    DAY,
+    HOUR,
+    UPSERTS,
+    hourly_aggregates,
+    rebuild,
+    rollup_rows,
+    upsert_statement,
+)
 from kiban.usage.rollups import split as split_window
 from kiban.usage.schemas import UsageEntry
 
@@ -38,6 +46,7 @@ __all__ = [
     "HOUR",
     "LATENCY",
     "TTFT",
+    "UPSERTS",
     "Buckets",
     "Column",
     "Fetch",
@@ -59,7 +68,9 @@ __all__ = [
     "rebuild",
     "record_bins",
     "records_with_emails",
+    "rollup_rows",
     "split_window",
     "stream_export",
+    "upsert_statement",
     "write_records",
 ]

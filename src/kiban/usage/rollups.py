@@ -63,10 +63,19 @@ def to_units(cost: Decimal | float | None) -> int:
     return int((Decimal(cost) * COST_SCALE).to_integral_value(ROUND_HALF_UP))
 
 
-async def add(
-    session: AsyncSession | AsyncConnection, records: Sequence[MutableMapping[str, Any]]
-) -> None:
-    """Add a ledger batch to the rollups (call it in the transaction that inserts the batch).
+# The four rollup tables, with the key columns a record's sums are grouped by and the figures
+# summed into them.
+UPSERTS: tuple[tuple[Any, tuple[str, ...], tuple[str, ...]], ...] = (
+    (R.__table__, _HOURLY_KEYS, _HOURLY_FIGURES),
+    (D.__table__, _DAILY_KEYS, _DAILY_FIGURES),
+    (H.__table__, _HISTOGRAM_KEYS, ("count",)),
+    (HD.__table__, _DAILY_HISTOGRAM_KEYS, ("count",)),
+)
+
+
+def rollup_rows(records: Sequence[MutableMapping[str, Any]]) -> list[list[dict[str, Any]]]:
+    """What a ledger batch adds to each table of ``UPSERTS`` (in its order): one row of sums
+    per key, sorted by key so that concurrent writers lock rows in the same order.
 
     A record without ``created_at`` gets ``clock.now()`` here, in the dict, so that its ledger
     row and its rollup bucket agree.
@@ -91,10 +100,38 @@ async def add(
         for metric, index in record_bins(record):
             _accumulate(binned, (hour, metric, index), (1,))
             _accumulate(binned_daily, (hour.replace(hour=0), metric, index), (1,))
-    await _upsert(session, R.__table__, _HOURLY_KEYS, _HOURLY_FIGURES, hourly)  # type: ignore[arg-type]
-    await _upsert(session, D.__table__, _DAILY_KEYS, _DAILY_FIGURES, daily)  # type: ignore[arg-type]
-    await _upsert(session, H.__table__, _HISTOGRAM_KEYS, ("count",), binned)  # type: ignore[arg-type]
-    await _upsert(session, HD.__table__, _DAILY_HISTOGRAM_KEYS, ("count",), binned_daily)  # type: ignore[arg-type]
+    return [
+        [
+            dict(zip((*keys, *figures), (*key, *values), strict=True))
+            for key, values in sorted(rows.items(), key=lambda kv: tuple(map(str, kv[0])))
+        ]
+        for (_, keys, figures), rows in zip(
+            UPSERTS, (hourly, daily, binned, binned_daily), strict=True
+        )
+    ]
+
+
+def upsert_statement(
+    dialect: str, table: Table, keys: Sequence[str], figures: Sequence[str]
+) -> Any:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE`` adding the figures to the row's."""
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + statement.excluded[name] for name in figures},
+    )
+
+
+async def add(
+    session: AsyncSession | AsyncConnection, records: Sequence[MutableMapping[str, Any]]
+) -> None:
+    """Add a ledger batch to the rollups (call it in the transaction that inserts the batch)."""
+    bind = session if isinstance(session, AsyncConnection) else session.get_bind()
+    for (table, keys, figures), params in zip(UPSERTS, rollup_rows(records), strict=True):
+        if params:
+            statement = upsert_statement(bind.dialect.name, table, keys, figures)
+            await session.execute(statement, params)
 
 
 def _accumulate(
@@ -103,32 +140,6 @@ def _accumulate(
     slot = into.setdefault(key, [0] * len(figures))
     for i, value in enumerate(figures):
         slot[i] += value
-
-
-async def _upsert(
-    session: AsyncSession | AsyncConnection,
-    table: Table,
-    keys: Sequence[str],
-    figures: Sequence[str],
-    rows: dict[tuple[Any, ...], list[int]],
-) -> None:
-    if not rows:
-        return
-    dialect = (
-        session.dialect if isinstance(session, AsyncConnection) else session.get_bind().dialect
-    )
-    insert = sqlite_insert if dialect.name == "sqlite" else pg_insert
-    statement = insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={name: table.c[name] + statement.excluded[name] for name in figures},
-    )
-    # In key order: concurrent writers (several processes) then lock rows in the same order.
-    params = [
-        dict(zip((*keys, *figures), (*key, *values), strict=True))
-        for key, values in sorted(rows.items(), key=lambda kv: tuple(map(str, kv[0])))
-    ]
-    await session.execute(statement, params)
 
 
 async def rebuild(session: AsyncSession, chunk: int = 5_000) -> int:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -43,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from kiban.core import clock
 from kiban.core.db import create_sessionmaker, sqlite_pragmas
+from kiban.models import UsageRecord
 from kiban.models.base import UTCDateTime
 from kiban.quota.store.base import (
     SETTLEMENT_RETENTION,
@@ -69,7 +71,7 @@ from kiban.quota.store.sql_statements import (
     take_statement,
 )
 from kiban.quota.store.sqlite_fast_path import KeyRow, RawSqlite, TakenRow
-from kiban.usage import write_records
+from kiban.usage import UPSERTS, rollup_rows, upsert_statement, write_records
 
 _MAX_ATTEMPTS = 4
 
@@ -271,9 +273,9 @@ class SqlQuotaStore:
             "w": reservation.window,
             "now": clock.now(),
         }
-        if record is not None:
-            return await self._settle_and_record(params, record)
         if self._pg:
+            if record is not None:
+                return await self._settle_and_record_pg(params, record)
             async with self._engine.connect() as conn:
                 held = (await conn.execute(self._settle_pg, params)).scalar()
             return "duplicate" if held is None else "settled" if held else "late"
@@ -281,41 +283,51 @@ class SqlQuotaStore:
         release = self._raw.prepare("release", self._delete_reservation)
         settle = self._raw.prepare("settle", self._settle_sqlite)
         record_args, release_args = recorded.bind(params), release.bind(params)
+        ledger = self._ledger_writes(record) if record is not None else []
 
         def work(db: sqlite3.Connection) -> SettleResult:
             if not db.execute(recorded.sql, record_args).fetchall():
-                return "duplicate"
+                return "duplicate"  # its record, if any, was written with the first
             held = db.execute(release.sql, release_args).fetchall()
             params["held_t"] = held[0][0] if held else 0
             params["held_c"] = held[0][1] if held else 0
             if not held:
                 params["rel"] = 0
             db.execute(settle.sql, settle.bind(params)).fetchall()
+            for sql, rows in ledger:
+                db.executemany(sql, rows)
             return "settled" if held else "late"
 
-        # One hop for the whole transaction (RawSqlite.in_one_hop).
+        # One hop for the whole transaction, the ledger record included (RawSqlite.in_one_hop).
         return await self._raw.in_one_hop(work)
 
-    async def _settle_and_record(
+    def _ledger_writes(self, record: dict[str, Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The record's rollups and its ledger row as raw SQLite statements and their rows."""
+        writes: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for (table, keys, figures), rows in zip(UPSERTS, rollup_rows([record]), strict=True):
+            if rows:
+                upsert = self._raw.prepare_once(
+                    f"rollup:{table.name}",
+                    partial(upsert_statement, "sqlite", table, keys, figures),
+                )
+                writes.append((upsert.sql, [upsert.bind_typed(row) for row in rows]))
+        columns = tuple(record)
+        insert_record = self._raw.prepare_once(
+            f"ledger:{','.join(columns)}",
+            lambda: insert(UsageRecord).values({c: bindparam(c) for c in columns}),
+        )
+        writes.append((insert_record.sql, [insert_record.bind_typed(record)]))
+        return writes
+
+    async def _settle_and_record_pg(
         self, params: dict[str, Any], record: dict[str, Any]
     ) -> SettleResult:
         async with self._write() as conn:
-            if self._pg:
-                held = (await conn.execute(self._settle_pg, params)).scalar()
-                if held is None:
-                    return "duplicate"
-                result: SettleResult = "settled" if held else "late"
-            else:
-                if (await conn.execute(self._record_settlement, params)).first() is None:
-                    return "duplicate"
-                taken = (await conn.execute(self._delete_reservation, params)).first()
-                params["held_t"], params["held_c"] = (taken[0], taken[1]) if taken else (0, 0)
-                if taken is None:
-                    params["rel"] = 0
-                await conn.execute(self._settle_sqlite, params)
-                result = "settled" if taken else "late"
+            held = (await conn.execute(self._settle_pg, params)).scalar()
+            if held is None:
+                return "duplicate"  # its record was written with the first
             await write_records(conn, [record])
-        return result
+        return "settled" if held else "late"
 
     # --- expiry, reads, grants -----------------------------------------------------------------
 

@@ -49,6 +49,16 @@ class Prepared:
         values = self.compiled.construct_params(params) or {}
         return tuple(_value(values[name]) for name in self.names)
 
+    def bind_typed(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        """Bound through the columns' own types (JSON, Numeric, UTC datetimes, UUIDs), as
+        SQLAlchemy would: for rows other code reads back through the ORM (the ledger)."""
+        values = self.compiled.construct_params(params) or {}
+        processors = self.compiled._bind_processors  # type: ignore[attr-defined]
+        return tuple(
+            processors[name](values[name]) if name in processors else values[name]
+            for name in self.names
+        )
+
 
 class RawSqlite:
     """Transactions and statements on the store's own aiosqlite connections."""
@@ -56,6 +66,11 @@ class RawSqlite:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._prepared: dict[str, Prepared] = {}
+
+    def prepare_once(self, name: str, build: Callable[[], Any]) -> Prepared:
+        """``prepare``, building the statement only the first time ``name`` is asked for."""
+        prepared = self._prepared.get(name)
+        return prepared if prepared is not None else self.prepare(name, build())
 
     def prepare(self, name: str, statement: Any) -> Prepared:
         prepared = self._prepared.get(name)
