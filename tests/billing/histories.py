@@ -208,12 +208,16 @@ class _Builder:
             # Something may happen within the period, before its end.
             if rng.random() < 0.45:
                 t = sub.start + rng.randint(DAY, max(DAY, (sub.end - sub.start) - DAY))
+                # Never before what already happened to it (a renewal's late retry): Stripe's
+                # ``created`` follows the order things happen in.
+                t = max(t, self.history.newest[sub.id] + 60)
                 if t > self.now:
                     return None
-                sub, ended = self._midterm(sub, t)
-                if ended:
-                    return t
-                self.noise(t + 1)
+                if t < sub.end:
+                    sub, ended = self._midterm(sub, t)
+                    if ended:
+                        return t
+                    self.noise(t + 1)
             warning = max(sub.end - 3 * DAY, self.history.newest[sub.id] + 60)
             if sub.status == "trialing" and warning < min(sub.end, self.now):
                 self.sub_event("customer.subscription.trial_will_end", sub, warning)
