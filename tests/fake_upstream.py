@@ -282,6 +282,9 @@ class FakeUpstream:
                 if fault.kind == "cut":
                     # Raising mid-body makes the server drop the connection without the final
                     # chunk: what a crashed upstream or a broken proxy looks like to the client.
+                    # The pause lets what was sent arrive first, as tokens of a real stream do
+                    # (aiohttp drops bytes that arrive together with the connection's end).
+                    await asyncio.sleep(0.05)
                     raise ConnectionAbortedError("fake upstream cut the stream")
                 if fault.kind == "stall":
                     await asyncio.sleep(fault.seconds)

@@ -292,18 +292,23 @@ async def test_stream_that_cannot_open_is_a_clean_error_response(
 
 
 async def test_a_stream_closed_before_it_is_read_frees_the_upstream_connection(
-    app: FastAPI, upstream: FakeUpstream
+    make_app: Callable[..., RunningApp], upstream: FakeUpstream
 ) -> None:
     # The path where the response never starts iterating (the client is gone before the first
     # byte): the generator's cleanup never runs, so closing the stream must free the connection.
-    upstream.chunk_delay_ms = 50
-    gateway = app.state.gateway
-    provider = gateway.providers["openai"]
-    request = ProviderRequest(
-        gateway.catalog.models["gpt-4o-mini"], {"messages": [{"role": "user", "content": "hi"}]}, 5
-    )
-    stream = await provider.stream(request)
-    pool = provider._http._transport._pool
-    assert [c.is_idle() for c in pool.connections] == [False]
-    await stream.aclose()
-    assert not [c for c in pool.connections if not c.is_idle()]
+    # With a pool of one connection, a connection still held would block the next request (the
+    # stream is slow, so the first response would not reach its end and free it by itself).
+    upstream.chunk_delay_ms = 2000
+    async with make_app(upstream_max_connections=1) as app:
+        gateway = app.state.gateway
+        provider = gateway.providers["openai"]
+        request = ProviderRequest(
+            gateway.catalog.models["gpt-4o-mini"],
+            {"messages": [{"role": "user", "content": "hi"}]},
+            5,
+        )
+        stream = await provider.stream(request)
+        await stream.aclose()
+        async with asyncio.timeout(1.5):
+            second = await provider.stream(request)
+        await second.aclose()

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
 import structlog
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -87,7 +86,6 @@ class Gateway:
         *,
         admission: Admission,
         gate: GateConfig,
-        http_client: httpx2.AsyncClient | None = None,
     ) -> Gateway:
         """Build the providers and the ledger writer (``ConfigurationError`` on bad files).
 
@@ -98,7 +96,7 @@ class Gateway:
         catalog, prices = config.catalog, config.prices
         providers: dict[str, Provider] = {"extractive": ExtractiveProvider()}
         if upstream_configured(settings):
-            providers["openai"] = OpenAIProvider(settings, catalog, http_client=http_client)
+            providers["openai"] = OpenAIProvider(settings, catalog)
         for name, spec in catalog.models.items():
             if prices.price(name, spec.upstream_model) is None:
                 log.warning("model_has_no_price", model=name, hint="its cost is recorded as NULL")

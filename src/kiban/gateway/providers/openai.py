@@ -1,23 +1,25 @@
-"""The OpenAI-compatible provider: the official ``openai`` SDK against any base URL.
+"""The OpenAI-compatible provider: ``POST /chat/completions`` on any base URL, over aiohttp.
 
-Retries are ours, not the SDK's (``max_retries=0``): the SDK's own loop knows no total deadline
-and caps ``Retry-After`` by its own rule. Here every attempt and every fallback model share one
-deadline; 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff and
-jitter, and a ``Retry-After`` (or ``retry-after-ms``) from the upstream is waited for exactly, or
-not at all when it would pass the deadline. Responses are taken raw (bytes) and only the usage,
-text and finish reason are read from them.
+The wire protocol is spoken here, not through the ``openai`` SDK: the SDK's HTTP stack cost more
+CPU per request than the rest of the gateway together (decision 0067), and the gateway only needs
+its bytes. What the SDK did is kept: a bearer key, JSON bodies, OpenAI's error bodies read for
+their message and code, ``Retry-After``/``retry-after-ms`` honoured, per-read timeouts.
+
+Retries are ours: every attempt and every fallback model share one deadline; 429, 408, 409, 5xx,
+timeouts and connection errors are retried with exponential backoff and jitter, and a
+``Retry-After`` from the upstream is waited for exactly, or not at all when it would pass the
+deadline. Responses are taken raw (bytes) and only the usage, text and finish reason are read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
-import httpx2
-import openai
+import aiohttp
 import orjson
 import structlog
 
@@ -38,12 +40,14 @@ from kiban.gateway.providers.base import (
     StreamChunk,
     TokenUsage,
 )
+from kiban.gateway.providers.http import UpstreamPools
 from kiban.gateway.tokenizer import count_text
 from kiban.settings import Settings
 
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 log = structlog.get_logger("kiban.gateway.openai")
 T = TypeVar("T")
-_JSON_HEADERS = {"Content-Type": "application/json"}
+_DRAIN_SECONDS = 1.0
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -69,33 +73,25 @@ class OpenAIProvider:
         settings: Settings,
         catalog: Catalog,
         *,
-        http_client: httpx2.AsyncClient | None = None,
+        pools: UpstreamPools | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self._sleep = sleep
-        self._timeout = httpx2.Timeout(
-            settings.upstream_timeout_seconds, connect=settings.upstream_connect_timeout_seconds
-        )
-        self._http = http_client or httpx2.AsyncClient(
-            timeout=self._timeout,
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
+        self._pools = pools or UpstreamPools(settings)
+        self._owns_pools = pools is None
+        base_url = (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
+        self.base_url = base_url
+        self._url = f"{base_url}/chat/completions"
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        self.client = openai.AsyncOpenAI(
-            # Local servers (Ollama, llama.cpp, vLLM) often need no key; the SDK insists on one.
-            api_key=key or "no-key",
-            base_url=settings.openai_base_url or None,
-            max_retries=0,
-            # The SDK's own HTTP library (httpx2): a legacy httpx client would be converted on
-            # every request.
-            timeout=self._timeout,
-            http_client=self._http,
-        )
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:  # local servers (Ollama, llama.cpp, vLLM) often need none
+            self._headers["Authorization"] = f"Bearer {key}"
 
     async def aclose(self) -> None:
-        await self.client.close()
+        if self._owns_pools:
+            await self._pools.aclose()
 
     # --- the interface -------------------------------------------------------------------------
 
@@ -105,51 +101,54 @@ class OpenAIProvider:
         async def attempt(spec: ModelSpec, budget: float) -> Completion:
             body = _upstream_body(request.body, spec, stream=False)
             async with asyncio.timeout(budget):
-                response = await self._post(body, stream=False, budget=budget)
-            return _completion(response.content, spec, request)
+                response = await self._post(body)
+                try:
+                    raw = await response.read()
+                except TimeoutError:
+                    raise
+                except aiohttp.ClientError as exc:  # the connection dropped mid-body
+                    raise _connection_attempt(self.name) from exc
+                finally:
+                    response.release()
+            return _completion(raw, spec, request)
 
         return await self._with_retries(request.model, attempt)
 
     async def stream(self, request: ProviderRequest) -> CompletionStream:
         """Open a streamed completion (retries happen until the upstream starts answering)."""
 
-        async def attempt(spec: ModelSpec, budget: float) -> tuple[ModelSpec, Any]:
+        async def attempt(
+            spec: ModelSpec, budget: float
+        ) -> tuple[ModelSpec, aiohttp.ClientResponse]:
             body = _upstream_body(request.body, spec, stream=True)
             async with asyncio.timeout(budget):
-                return spec, await self._post(body, stream=True, budget=budget)
+                return spec, await self._post(body)
 
         spec, response = await self._with_retries(request.model, attempt)
-        stream = CompletionStream(model=spec, chunks=_empty(), release=response.aclose)
+        stream = CompletionStream(model=spec, chunks=_empty(), release=_releaser(response))
         stream.chunks = self._read_stream(stream, response, request)
         return stream
 
     # --- attempts, retries, fallbacks ------------------------------------------------------------
 
-    async def _post(self, body: bytes, *, stream: bool, budget: float) -> Any:
+    async def _post(self, body: bytes) -> aiohttp.ClientResponse:
+        """Send one attempt; a 2xx response with its body unread, or an ``_Attempt``."""
+        session = self._pools.session(self.base_url)
         try:
-            return await self.client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                content=body,
-                options={
-                    "headers": _JSON_HEADERS,
-                    "timeout": httpx2.Timeout(
-                        min(self.settings.upstream_timeout_seconds, budget),
-                        connect=min(self.settings.upstream_connect_timeout_seconds, budget),
-                    ),
-                },
-                stream=stream,
-            )
-        except openai.APIStatusError as exc:
-            raise _status_attempt(exc.response.status_code, exc.response.headers, exc.body) from exc
-        except openai.APITimeoutError as exc:
-            UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
-            raise _Attempt(UpstreamTimeout(), retry=True) from exc
-        except openai.APIConnectionError as exc:
-            UPSTREAM_ERRORS.labels(self.name, "connection").inc()
-            raise _Attempt(
-                UpstreamUnavailable("Could not reach the model provider."), retry=True
-            ) from exc
+            response = await session.post(self._url, data=body, headers=self._headers)
+        except TimeoutError:
+            raise  # aiohttp's connect timeout: retried as a timeout by the caller
+        except aiohttp.ClientError as exc:  # refused, reset, DNS, TLS, a dropped keep-alive
+            raise _connection_attempt(self.name) from exc
+        if response.status < 400:
+            return response
+        try:
+            raw = await response.read()
+        except aiohttp.ClientError:
+            raw = b""
+        finally:
+            response.release()
+        raise _status_attempt(response.status, response.headers, _error_object(raw))
 
     async def _with_retries(
         self, spec: ModelSpec, attempt: Callable[[ModelSpec, float], Awaitable[T]]
@@ -205,15 +204,15 @@ class OpenAIProvider:
     # --- streams ---------------------------------------------------------------------------------
 
     async def _read_stream(
-        self, stream: CompletionStream, response: Any, request: ProviderRequest
+        self, stream: CompletionStream, response: aiohttp.ClientResponse, request: ProviderRequest
     ) -> AsyncIterator[StreamChunk]:
         finished = False
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in response.content:
+                if not line.startswith(b"data:"):
                     continue  # blank separators, comments, "event:" lines
                 payload = line[5:].strip()
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     finished = True
                     break
                 chunk = orjson.loads(payload)
@@ -235,19 +234,20 @@ class OpenAIProvider:
                         stream.finish_reason = choice["finish_reason"]
                     if text:
                         stream.text_parts.append(text)
-                yield StreamChunk(
-                    text, payload.encode(), usage_only=usage is not None and not choices
-                )
-            if not finished and stream.finish_reason is None:
+                yield StreamChunk(text, payload, usage_only=usage is not None and not choices)
+            if finished:
+                await _drain(response)
+            elif stream.finish_reason is None:
                 raise UpstreamError("The model provider ended the stream before finishing.")
-        except httpx2.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's read timeout is one
             UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
             raise UpstreamTimeout("The model provider stopped sending mid-stream.") from exc
-        except (httpx2.TransportError, orjson.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, orjson.JSONDecodeError, ValueError) as exc:
+            # ValueError: a line longer than the read buffer, or not UTF-8 JSON.
             UPSTREAM_ERRORS.labels(self.name, "stream_cut").inc()
             raise UpstreamError("The model provider's stream was cut off.") from exc
         finally:
-            await response.aclose()
+            response.release()  # back to the pool when read to the end, else closed
             if stream.usage is None:
                 # No final usage chunk (cut short, or an upstream that never sends one): count.
                 stream.usage = TokenUsage(
@@ -291,7 +291,40 @@ def _completion(raw: bytes, spec: ModelSpec, request: ProviderRequest) -> Comple
     return Completion(text=text, usage=usage, finish_reason=finish, model=spec, raw=raw)
 
 
-def _retry_after(headers: Any) -> float | None:
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read what follows ``[DONE]`` (the body's end), so the connection can be reused; an upstream
+    that keeps the body open after it is not waited for."""
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            await response.content.read()
+    except (TimeoutError, aiohttp.ClientError):
+        response.close()
+
+
+def _releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def release() -> None:
+        response.release()  # closes the connection unless the body was read to its end
+
+    return release
+
+
+def _connection_attempt(provider: str) -> _Attempt:
+    UPSTREAM_ERRORS.labels(provider, "connection").inc()
+    return _Attempt(UpstreamUnavailable("Could not reach the model provider."), retry=True)
+
+
+def _error_object(raw: bytes) -> Any:
+    """The ``error`` object of an OpenAI error body (or the body itself; ``None``: not JSON)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    return body
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     value = headers.get("retry-after-ms")
     if value:
@@ -311,7 +344,7 @@ def _retry_after(headers: Any) -> float | None:
             return None
 
 
-def _status_attempt(status: int, headers: Any, body: Any) -> _Attempt:
+def _status_attempt(status: int, headers: Mapping[str, str], body: Any) -> _Attempt:
     UPSTREAM_ERRORS.labels("openai", f"status_{status}").inc()
     detail = body.get("message") if isinstance(body, dict) else None
     code = body.get("code") if isinstance(body, dict) else None
