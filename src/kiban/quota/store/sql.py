@@ -464,6 +464,8 @@ class SqlQuotaStore:
         return True
 
     async def close(self) -> None:
+        if not self._pg:
+            await self._raw.close()
         await self._owned.dispose()
         if self._transient_owned is not None:
             await self._transient_owned.dispose()

@@ -13,6 +13,7 @@ UTC datetimes as naive ``YYYY-MM-DD HH:MM:SS.ffffff``), so rows written either w
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.compiler import Compiled
 
 T = TypeVar("T")
@@ -66,6 +67,9 @@ class RawSqlite:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._prepared: dict[str, Prepared] = {}
+        self._writer: AsyncConnection | None = None
+        self._raw_writer: Any = None  # its aiosqlite connection
+        self._opening = asyncio.Lock()
 
     def prepare_once(self, name: str, build: Callable[[], Any]) -> Prepared:
         """``prepare``, building the statement only the first time ``name`` is asked for."""
@@ -79,43 +83,69 @@ class RawSqlite:
         return prepared
 
     async def in_one_hop(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` inside ``BEGIN IMMEDIATE`` … ``COMMIT`` in ONE trip to aiosqlite's thread.
+        """Run ``work`` inside ``BEGIN IMMEDIATE`` … ``COMMIT`` in ONE trip to the writer's thread.
 
         Statement by statement, a reserve or a settle cost four thread hops (BEGIN, two
         statements, COMMIT), and under load each hop waits for a core; here the whole transaction
         is one function on the connection's own thread (aiosqlite's ``_execute``, the call its
-        public methods are built on; its queue is FIFO, so the pool's next use of the connection
-        runs after the COMMIT even if the awaiting task is cancelled). ``work`` only runs
-        statements on the connection it is given.
+        public methods are built on). ``work`` only runs statements on the connection it is given.
+
+        Every write transaction of this process goes to ONE connection, whose thread runs them in
+        the order they were asked for (aiosqlite's queue is FIFO; a cancelled caller's
+        transaction still runs whole). SQLite has one write lock per file: several connections
+        of one process would take turns at it through the busy handler, which sleeps up to
+        100 ms between tries (measured: p50 217 ms at 32 connections, 128 requests/s). Other
+        processes on the file still meet this one at the lock, as SQLite intends.
         """
-        async with self._engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
+        raw = await self._writer_connection()
 
-            stuck = False  # a failed ROLLBACK: the connection may still be in a transaction
+        stuck = False  # a failed ROLLBACK: the connection may still be in a transaction
 
-            def transaction() -> T:
-                nonlocal stuck
-                db: sqlite3.Connection = raw._conn
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    try:
-                        db.execute("ROLLBACK")
-                    except Exception:
-                        stuck = True
-                    raise
-                return result
-
+        def transaction() -> T:
+            nonlocal stuck
+            db: sqlite3.Connection = raw._conn
+            db.execute("BEGIN IMMEDIATE")
             try:
-                result: T = await raw._execute(transaction)
+                result = work(db)
+                db.execute("COMMIT")
             except BaseException:
-                if stuck:
-                    await conn.invalidate()  # never hand back a connection mid-transaction
+                try:
+                    db.execute("ROLLBACK")
+                except Exception:
+                    stuck = True
                 raise
             return result
+
+        try:
+            result: T = await raw._execute(transaction)
+        except BaseException:
+            if stuck:
+                await self._drop_writer()  # never reuse a connection left mid-transaction
+            raise
+        return result
+
+    async def _writer_connection(self) -> Any:
+        if self._writer is not None and self._raw_writer is not None:
+            return self._raw_writer
+        async with self._opening:
+            if self._writer is None:
+                writer = await self._engine.connect()
+                raw = (await writer.get_raw_connection()).driver_connection
+                assert raw is not None
+                self._writer, self._raw_writer = writer, raw
+        return self._raw_writer
+
+    async def _drop_writer(self) -> None:
+        writer, self._writer, self._raw_writer = self._writer, None, None
+        if writer is not None:
+            await writer.invalidate()
+            await writer.close()
+
+    async def close(self) -> None:
+        """Give the writer connection back (before the engine is disposed)."""
+        writer, self._writer, self._raw_writer = self._writer, None, None
+        if writer is not None:
+            await writer.close()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
