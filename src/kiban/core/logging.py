@@ -1,8 +1,18 @@
-"""structlog: JSON lines in production, readable lines in development; request_id on every line."""
+"""structlog: JSON lines in production, readable lines in development; request_id on every line.
+
+Lines are rendered and written by a listener thread (``QueueHandler`` → ``QueueListener``): the
+event loop only builds the event dict and enqueues it, so a slow or full stderr (a pipe to a log
+shipper) never holds up a request, and the JSON rendering leaves the request's path. Lines still
+queued when the process is killed with SIGKILL are lost: logs are not the record of a request,
+the usage ledger is.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 from typing import Any
 
@@ -43,7 +53,7 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -55,7 +65,7 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         )
     )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_start_listener(handler)]
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
     # uvicorn's access log is replaced by our own one-line-per-request log.
@@ -63,3 +73,35 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+class _PassThroughQueueHandler(logging.handlers.QueueHandler):
+    """Enqueue the record as it is: the stock ``prepare`` formats it in the caller's thread,
+    which is the work this handler exists to move off the event loop."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _start_listener(handler: logging.Handler) -> logging.Handler:
+    """A handler that hands records to a new listener thread writing to ``handler``."""
+    global _listener
+    stop_listener()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    _listener.start()
+    return _PassThroughQueueHandler(records)
+
+
+def stop_listener() -> None:
+    """Write out every queued line and stop the listener thread (at exit, or on reconfigure)."""
+    global _listener
+    listener, _listener = _listener, None
+    if listener is not None:
+        listener.stop()
+
+
+atexit.register(stop_listener)
