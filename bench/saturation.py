@@ -7,12 +7,16 @@ A Python client saturates before the servers do, so this bench drives them with 
 - **floor**: ``floor_aiohttp.py`` from the shared bench notes (a raw ASGI pass-through with one
   pooled aiohttp client, no auth, no database), when ``--floor-dir`` holds it;
 - **kiban**: ``/v1/chat/completions`` served by uvicorn (``--workers``), SQLite by default or
-  ``--database-url``, an API key, the real quota admission and the usage ledger on.
+  ``--database-url``, an API key, the real quota admission and the usage ledger on;
+- **litellm**: LiteLLM's proxy in front of the same upstream, without a database, when
+  ``--litellm`` names its ``litellm`` command (install it in a venv of its own, e.g.
+  ``uv venv /tmp/litellm && VIRTUAL_ENV=/tmp/litellm uv pip install 'litellm[proxy]'``).
 
 Latency at concurrency 1 (``wrk -c1 --latency``, direct and kiban interleaved ``--rounds``
 times): p50 and p99 and what kiban adds. Saturation (``-c --connections``): requests/s, and the
 ratios to direct and to the floor. At the end, kiban's ledger must hold one record per request
-it answered.
+it answered. The servers' peak resident memory (``VmHWM``, summed over a server's processes) is
+printed beside their figures.
 
     .venv/bin/python bench/saturation.py [--seconds 6] [--connections 32] [--workers 1]
         [--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/kiban_bench]
@@ -101,6 +105,20 @@ def _logged(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process and its children (uvicorn's workers), in MB."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    total = 0
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def _plans(workdir: Path) -> Path:
     # Generous limits: this measures the admission's cost, not its refusals.
     text = (ROOT / "src/kiban/billing/plans.toml").read_text()
@@ -168,6 +186,19 @@ async def main(args: argparse.Namespace) -> None:
                 env,
             )
         )
+    litellm_port = free_port()
+    if args.litellm:
+        config = workdir / "litellm.yaml"
+        config.write_text(
+            "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+            f"      model: openai/gpt-4o-mini\n      api_base: {upstream_url}\n"
+            "      api_key: sk-bench\n"
+        )
+        litellm_env = {**env, "LITELLM_LOG": "ERROR"}
+        command = [args.litellm, "--config", str(config), "--host", "127.0.0.1"]
+        processes.append(
+            _logged([*command, *port(litellm_port)], litellm_env, workdir / "litellm.log")
+        )
     kiban_log = workdir / "kiban.log"
     kiban = [*uvicorn, "--factory", "kiban.app:create_app", *port(kiban_port)]
     processes.append(_logged([*kiban, "--workers", str(args.workers)], env, kiban_log))
@@ -178,12 +209,17 @@ async def main(args: argparse.Namespace) -> None:
     }
     if not floor:
         del targets["floor"]
+    if args.litellm:
+        targets["litellm"] = (f"http://127.0.0.1:{litellm_port}/v1/chat/completions", "sk-any")
+    servers = {"kiban": processes[-1]} | ({"litellm": processes[-2]} if args.litellm else {})
     kiban_runs: list[dict[str, float]] = []
     try:
         wait_for(f"{upstream_url}/models")
         wait_for(f"http://127.0.0.1:{kiban_port}/healthz")
         if floor:
             wait_for(f"http://127.0.0.1:{floor_port}/", timeout=30)
+        if args.litellm:
+            wait_for(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=120)
         for name, (url, token) in targets.items():  # warm up
             run = wrk.run(url, token, 4, 1)
             if name == "kiban":
@@ -221,7 +257,11 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  kiban / direct: {k / sat['direct']['rps']:.1%}")
         if floor:
             print(f"  kiban / floor:  {k / sat['floor']['rps']:.1%} (goal >= 20%)")
+        if args.litellm:
+            print(f"  kiban / litellm: {k / sat['litellm']['rps']:.1f}x (goal >= 15x)")
         kiban_runs.append(sat["kiban"])
+        for name, process in servers.items():
+            print(f"  {name} peak resident memory: {peak_rss_mb(process.pid):.0f} MB")
     finally:
         for process in reversed(processes):
             process.terminate()  # SIGTERM: kiban flushes its ledger on shutdown
@@ -251,4 +291,5 @@ if __name__ == "__main__":
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--redis-url", default=None, help="quotas in Redis (KIBAN_QUOTA_BACKEND)")
     parser.add_argument("--floor-dir", type=Path, default=FLOOR_DIR)
+    parser.add_argument("--litellm", default=None, help="LiteLLM's `litellm` command, to compare")
     asyncio.run(main(parser.parse_args()))

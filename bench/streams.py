@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from gateway_overhead import BODY, free_port, percentile, prepare, start, wait_for
 from kiban.core.db import create_engine
 from kiban.models import QuotaPeriod, UsageRecord, User
-from saturation import _logged, _plans
+from saturation import _logged, _plans, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,13 +75,6 @@ async def burst(url: str, token: str, n: int) -> list[tuple[float, float] | None
         await asyncio.sleep(0.2)  # every task waits at the gate
         gate.set()
         return await asyncio.gather(*tasks)
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def ledger_check(database_url: str) -> tuple[int, int, int, int]:
