@@ -204,15 +204,43 @@ async def test_last_used_writes_do_not_move_the_counter(
     assert await epoch(session) == before
 
 
-async def test_failed_or_late_polls_stop_the_cache_at_the_bound(tmp_path: Any) -> None:
-    now = [0.0]
+async def test_a_cache_whose_database_cannot_be_reached_never_answers(tmp_path: Any) -> None:
     broken = create_engine(f"sqlite+aiosqlite:///{tmp_path}/missing/dir/kiban.db")
-    cache = ApiKeyCache(broken, max_size=10, poll_interval=0.25, monotonic=lambda: now[0])
+    cache = ApiKeyCache(broken, max_size=10, poll_interval=0.25)
     try:
         assert await cache.poll() is False  # the database cannot be opened
         assert not cache.serving
+        assert not cache.put("h", _entry(), 0)
     finally:
         await broken.dispose()
+
+
+async def test_failing_polls_close_the_cache_at_the_bound(
+    app: FastAPI, session: AsyncSession
+) -> None:
+    now = [100.0]
+    cache = ApiKeyCache(app.state.engine, max_size=10, poll_interval=0.25, monotonic=lambda: now[0])
+    try:
+        assert await cache.poll()
+        assert cache.epoch is not None
+        entry = _entry()
+        assert cache.put("h", entry, cache.epoch)
+        # A real failure: the poll's statement cannot run while its table is away.
+        await session.execute(text("ALTER TABLE auth_changes RENAME TO auth_changes_away"))
+        await session.commit()
+        try:
+            now[0] += 0.5
+            assert not await cache.poll()
+            assert cache.get("h") is entry  # the last good poll started 0.5 s ago: still exact
+            now[0] += 0.5
+            assert cache.get("h") is None  # 1 s: the database must answer
+        finally:
+            await session.execute(text("ALTER TABLE auth_changes_away RENAME TO auth_changes"))
+            await session.commit()
+        assert await cache.poll()
+        assert cache.get("h") is entry  # back: nothing changed meanwhile
+    finally:
+        await cache.aclose()
 
 
 async def test_the_cache_answers_only_within_the_bound_of_its_last_poll(app: FastAPI) -> None:

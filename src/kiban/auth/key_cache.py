@@ -114,6 +114,8 @@ class ApiKeyCache:
 
     def get(self, key_hash: str) -> CachedKey | None:
         """The cached key, or None (not cached, or the cache cannot vouch for it right now)."""
+        if self.max_size == 0:  # turned off: nothing to count
+            return None
         if not self.serving:
             API_KEY_CACHE.labels(outcome="bypass").inc()
             return None
