@@ -57,6 +57,14 @@ def test_cors_origins_accept_a_comma_separated_list(monkeypatch: pytest.MonkeyPa
     assert Settings(_env_file=None).cors_origins == ["https://a.example", "https://b.example"]  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize("seconds", [0, 0.51, 1.0])
+def test_api_key_cache_poll_must_leave_room_within_its_one_second_bound(
+    tmp_path: Path, seconds: float
+) -> None:
+    with pytest.raises(ValueError, match="api_key_cache_poll_seconds"):
+        make(tmp_path, api_key_cache_poll_seconds=seconds)
+
+
 def test_gitignore_keeps_the_development_key_out_of_git() -> None:
     ignored = (Path(__file__).parents[1] / ".gitignore").read_text().split()
     assert ".kiban-secret" in ignored

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from kiban import __version__
 from kiban.auth.api_keys import wait_for_touches
+from kiban.auth.key_cache import running_key_cache
 from kiban.auth.keys import load_keyring
 from kiban.billing.plans import load_catalog
 from kiban.billing.stripe_client import StripeClient
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
             stack.push_async_callback(wait_for_touches)  # API keys' last-used writes, then dispose
+            app.state.api_key_cache = await stack.enter_async_context(running_key_cache(settings))
             app.state.admission = await stack.enter_async_context(
                 running_admission(
                     settings,

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     login_max_failures: int = 5
     login_failure_window_seconds: int = 15 * 60
     login_max_failures_per_address: int = 30
+    # API keys are answered from each process's cache (kiban.auth.key_cache), which polls the
+    # database's change counter this often. A change anywhere reaches every process within its
+    # 1 s bound; polling at most every half bound leaves room for one late or failed poll before
+    # the cache stops answering (and every request reads the database).
+    api_key_cache_poll_seconds: float = Field(default=0.25, gt=0, le=0.5)
+    api_key_cache_size: int = Field(default=10_000, ge=0)  # keys held per process; 0: no cache
 
     # --- plans and quotas ---------------------------------------------------------------------
     plans_file: Path | None = None  # replaces the shipped src/kiban/billing/plans.toml

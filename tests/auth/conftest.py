@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from kiban.auth.key_cache import STALENESS_BOUND
 from kiban.core import clock
 from kiban.settings import Settings
 from tests.conftest import DEFAULT_PASSWORD
@@ -42,6 +46,24 @@ async def new_api_key(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def within_the_bound(
+    check: Callable[[], Awaitable[bool]], bound: float = STALENESS_BOUND
+) -> float:
+    """Seconds until ``check()`` holds, asserted below the API-key cache's bound.
+
+    Call it once the change's response has arrived (its transaction committed before that), so
+    the time measured includes all of the delay a client could observe.
+    """
+    start = time.monotonic()
+    while True:
+        if await check():
+            elapsed = time.monotonic() - start
+            assert elapsed < bound, f"took {elapsed:.3f} s, the bound is {bound} s"
+            return elapsed
+        assert time.monotonic() - start < bound, f"not true within {bound} s"
+        await asyncio.sleep(0.01)
 
 
 def assert_auth_error(response: httpx.Response, code: str, status: int = 401) -> dict[str, Any]:

@@ -53,8 +53,10 @@ async def get_analytics_admin(
             return viewer.user
     # No usable cookie: the bearer path, with its precise 401s.
     token = await bearer_credentials(request)
-    sessionmaker = request.app.state.sessionmaker
-    principal = await get_principal(request, token, session, settings, keyring, sessionmaker)
+    state = request.app.state
+    principal = await get_principal(
+        request, token, session, settings, keyring, state.sessionmaker, state.api_key_cache
+    )
     return await get_admin_user(principal.user)
 
 

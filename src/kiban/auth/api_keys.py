@@ -1,9 +1,10 @@
 """API keys: ``kb_<lookup_id>_<secret>``, stored as a SHA-256, found by one indexed lookup.
 
 The key carries 256 bits of randomness, so a fast hash is the right one: nobody can guess a
-preimage, and the gateway's hot path pays for one SHA-256 and one indexed read, never for
-Argon2. ``last_used_at`` is written at most once a minute per key, in a short transaction of its
-own, off the request path, so a busy key does not turn every request into a write.
+preimage, and the gateway's hot path pays for one SHA-256 and, unless the process's cache holds
+the key (``kiban.auth.key_cache``), one indexed read; never for Argon2. ``last_used_at`` is
+written at most once a minute per key, in a short transaction of its own, off the request path,
+so a busy key does not turn every request into a write.
 """
 
 from __future__ import annotations
@@ -15,21 +16,23 @@ import hmac
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import Select, bindparam, exists, or_, select, update
+from sqlalchemy import Select, bindparam, exists, func, or_, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm import make_transient_to_detached
 
 from kiban.auth import exceptions as exc
+from kiban.auth.key_cache import ApiKeyCache, CachedKey
 from kiban.core import clock
 from kiban.core.db import session_scope
-from kiban.models import ApiKey, ApiKeyLimit, User
-from kiban.models.base import UTCDateTime
-from kiban.models.billing import may_have_paid_access
+from kiban.models import ApiKey, ApiKeyLimit, AuthEpoch, User
+from kiban.models.billing import paid_access_until
 
 API_KEY_PREFIX = "kb_"
 LOOKUP_ID_LENGTH = 12
@@ -97,24 +100,35 @@ async def revoke_api_key(session: AsyncSession, user: User, key_id: uuid.UUID) -
 class KeyMatch(NamedTuple):
     """An authenticated key, its user, and what the quota admission may skip for them."""
 
-    key: ApiKey
-    user: User
+    api_key_id: uuid.UUID
+    user: User  # detached: built from the values read (or cached), never shared between requests
     may_be_subscribed: bool  # False: no subscription that could grant paid access right now
     has_own_limits: bool  # False: the key has no rate limits of its own (no api_key_limits row)
 
 
+_USER_COLUMNS = tuple((attr.key, attr.columns[0]) for attr in sa_inspect(User).column_attrs)
+
+
 @functools.cache
-def _lookup_statement() -> Select[ApiKey, User, bool, bool]:
+def _lookup_statement() -> Select[Any]:
     # Built once: constructing the statement on every request cost more CPU than running it.
-    # Two EXISTS ride on this one round trip so that the quota admission can skip billing's
-    # subscription query and the key-window statement when they cannot matter (a free user, a
-    # key without limits: most AI requests); each skip saves a database round trip.
+    # Everything the principal depends on rides on this one round trip: the key, its user's
+    # columns, the paid-access bound and whether the key has limits (so that the quota admission
+    # can skip billing's query and the key-window statement when they cannot matter: a free
+    # user, a key without limits, most AI requests), and the change counter the read saw (so
+    # that the cache knows whether the read is recent enough to keep).
     return (
         select(
-            ApiKey,
-            User,
-            may_have_paid_access(User.id, bindparam("now", type_=UTCDateTime())),
-            exists().where(ApiKeyLimit.api_key_id == ApiKey.id),
+            ApiKey.id,
+            ApiKey.key_hash,
+            ApiKey.revoked_at,
+            ApiKey.last_used_at,
+            *(column.label(f"user_{key}") for key, column in _USER_COLUMNS),
+            paid_access_until(User.id).label("paid_access_until"),
+            exists().where(ApiKeyLimit.api_key_id == ApiKey.id).label("has_own_limits"),
+            func.coalesce(
+                select(AuthEpoch.value).where(AuthEpoch.id == 1).scalar_subquery(), 0
+            ).label("epoch"),
         )
         .join(User, User.id == ApiKey.user_id)
         .where(ApiKey.lookup_id == bindparam("lookup_id"))
@@ -122,35 +136,78 @@ def _lookup_statement() -> Select[ApiKey, User, bool, bool]:
 
 
 async def authenticate_api_key(
-    session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession], plaintext: str
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    plaintext: str,
+    cache: ApiKeyCache | None = None,
 ) -> KeyMatch:
-    """The key and its user, or ``InvalidApiKey`` / ``UserInactive``."""
+    """The key and its user, or ``InvalidApiKey`` / ``UserInactive``.
+
+    From ``cache`` when it holds the key (no database round trip), else one indexed read, whose
+    result the cache keeps if the key is good. Failures are never cached.
+    """
     match = KEY_SHAPE.match(plaintext)
     if match is None:
         raise exc.InvalidApiKey("The API key is not well formed (expected kb_<id>_<secret>).")
-    params = {"lookup_id": match.group(1), "now": clock.now()}
-    row = (await session.execute(_lookup_statement(), params)).first()
+    key_hash = hash_api_key(plaintext)
+    now = clock.now()
+    found = cache.get(key_hash) if cache is not None else None
+    if found is None:
+        found, epoch = await _read_key(session, match.group(1), key_hash)
+        if cache is not None:
+            cache.put(key_hash, found, epoch)
+    found.last_used_at = _schedule_touch(sessionmaker, found.api_key_id, found.last_used_at, now)
+    return KeyMatch(
+        found.api_key_id,
+        _detached_user(found.user),
+        found.may_be_subscribed(now),
+        found.has_own_limits,
+    )
+
+
+async def _read_key(session: AsyncSession, lookup_id: str, key_hash: str) -> tuple[CachedKey, int]:
+    row = (await session.execute(_lookup_statement(), {"lookup_id": lookup_id})).first()
     # Compare even when the key is unknown, so timing does not reveal which lookup ids exist.
-    stored = row[0].key_hash if row is not None else "0" * 64
-    matches = hmac.compare_digest(stored, hash_api_key(plaintext))
+    stored = row.key_hash if row is not None else "0" * 64
+    matches = hmac.compare_digest(stored, key_hash)
     if row is None or not matches:
         raise exc.InvalidApiKey()
-    key, user, may_be_subscribed, has_own_limits = row
-    if key.revoked_at is not None:
+    if row.revoked_at is not None:
         raise exc.InvalidApiKey("The API key has been revoked.")
-    if not user.is_active:
+    values = row._mapping
+    user = {key: values[f"user_{key}"] for key, _ in _USER_COLUMNS}
+    if not user["is_active"]:
         raise exc.UserInactive()
-    _schedule_touch(sessionmaker, key)
-    return KeyMatch(key, user, bool(may_be_subscribed), bool(has_own_limits))
+    found = CachedKey(
+        api_key_id=row.id,
+        user_id=user["id"],
+        user=user,
+        paid_access_until=row.paid_access_until,
+        has_own_limits=bool(row.has_own_limits),
+        last_used_at=row.last_used_at,
+    )
+    return found, int(row.epoch)
 
 
-def _schedule_touch(sessionmaker: async_sessionmaker[AsyncSession], key: ApiKey) -> None:
-    now = clock.now()
-    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
-        return
-    key_id = key.id  # not key.id in the callback: a rollback may have expired the object by then
+def _detached_user(values: Mapping[str, Any]) -> User:
+    # A new object per request, as if loaded and then detached: a handler that changes or adds
+    # its user cannot alter what another request (or the cache) holds.
+    user = User(**values)
+    make_transient_to_detached(user)
+    return user
+
+
+def _schedule_touch(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    key_id: uuid.UUID,
+    last_used_at: datetime | None,
+    now: datetime,
+) -> datetime | None:
+    """Write ``last_used_at`` when a minute has passed; the value to remember from now on."""
+    if last_used_at is not None and now - last_used_at < LAST_USED_RESOLUTION:
+        return last_used_at
     if key_id in _touching:  # a burst of requests with one key schedules one write
-        return
+        return last_used_at
     # Off the request path, in its own short transaction: the request's session may stay open for
     # a long AI call (on SQLite a write in it would hold the one write lock all that time), and a
     # second connection taken while the request holds one could exhaust the pool under load.
@@ -159,8 +216,7 @@ def _schedule_touch(sessionmaker: async_sessionmaker[AsyncSession], key: ApiKey)
     _pending.add(task)
     task.add_done_callback(_pending.discard)
     task.add_done_callback(lambda _: _touching.discard(key_id))
-    # Reflect the write without making the request's session flush it again.
-    set_committed_value(key, "last_used_at", now)
+    return now
 
 
 async def _touch(

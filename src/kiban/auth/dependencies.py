@@ -11,6 +11,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from kiban.auth import exceptions as exc
 from kiban.auth.api_keys import authenticate_api_key, looks_like_api_key
+from kiban.auth.key_cache import ApiKeyCache
 from kiban.auth.keys import KeyRing
 from kiban.auth.verify import verify_access_token
 from kiban.core.db import SessionDep
@@ -23,8 +24,14 @@ async def get_keyring(request: Request) -> KeyRing:
     return keyring
 
 
+async def get_key_cache(request: Request) -> ApiKeyCache:
+    cache: ApiKeyCache = request.app.state.api_key_cache
+    return cache
+
+
 # Read from app.state: `async def` so FastAPI calls it inline, not through its thread pool.
 KeyRingDep = Annotated[KeyRing, Depends(get_keyring)]
+KeyCacheDep = Annotated[ApiKeyCache, Depends(get_key_cache)]
 
 # Declares the scheme in OpenAPI so Swagger's Authorize button signs in through /auth/token; it
 # never raises itself (auto_error=False): ``bearer_credentials`` below says precisely what is wrong.
@@ -70,13 +77,14 @@ async def get_principal(
     settings: SettingsDep,
     keyring: KeyRingDep,
     sessionmaker: SessionmakerDep,
+    key_cache: KeyCacheDep,
 ) -> Principal:
     """Authenticate the request by access token (JWT) or API key (``kb_…``)."""
     if looks_like_api_key(token):
-        found_key = await authenticate_api_key(session, sessionmaker, token)
+        found_key = await authenticate_api_key(session, sessionmaker, token, key_cache)
         principal = Principal(
             user=found_key.user,
-            api_key_id=found_key.key.id,
+            api_key_id=found_key.api_key_id,
             may_be_subscribed=found_key.may_be_subscribed,
             key_has_limits=found_key.has_own_limits,
         )

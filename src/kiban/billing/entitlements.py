@@ -56,9 +56,10 @@ async def resolve_entitlement(
     """
     # Billing: a subscription granting paid access now (state allows it, period not over)
     # decides the plan, and its billing period is the quota period. ``may_be_subscribed=False``
-    # (``models.billing.may_have_paid_access``, read earlier in this request with the API key)
-    # proves there is none, so most requests (free users) skip this query: no cache, nothing to
-    # go stale.
+    # proves there is none, so most requests (free users) skip this query: the API-key path
+    # derives it from ``models.billing.paid_access_until`` (read with the key, or from the
+    # API-key cache, which every subscription write invalidates within 1 s), compared with the
+    # request's time, so a period that ends is never carried past its end.
     if may_be_subscribed is False:
         return unsubscribed_entitlement(user, now, catalog=catalog)
     sub = await paid_subscription(session, user.id, now, grace)

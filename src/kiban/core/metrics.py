@@ -46,6 +46,17 @@ UPSTREAM_ERRORS = Counter(
 UPSTREAM_RETRIES = Counter(
     "kiban_upstream_retries_total", "Upstream retries.", ["provider", "reason"], registry=REGISTRY
 )
+API_KEY_CACHE = Counter(
+    "kiban_api_key_cache_total",
+    "API-key authentications by cache outcome (bypass: the poller is behind, the database reads).",
+    ["outcome"],  # hit | miss | bypass
+    registry=REGISTRY,
+)
+API_KEY_CACHE_POLL_FAILURES = Counter(
+    "kiban_api_key_cache_poll_failures_total",
+    "Failed polls of the API-key cache's change counter.",
+    registry=REGISTRY,
+)
 LEDGER_QUEUE_DEPTH = Gauge(
     "kiban_ledger_queue_depth", "Usage records waiting to be written.", registry=REGISTRY
 )

@@ -1,6 +1,6 @@
 """ORM models, one module per table family. Importing this package registers every table."""
 
-from kiban.models.auth import ApiKey, LoginAttempt, RefreshToken
+from kiban.models.auth import ApiKey, AuthChange, AuthEpoch, LoginAttempt, RefreshToken
 from kiban.models.base import Base
 from kiban.models.billing import (
     BillingCustomer,
@@ -22,6 +22,8 @@ from kiban.models.user import Role, User
 __all__ = [
     "ApiKey",
     "ApiKeyLimit",
+    "AuthChange",
+    "AuthEpoch",
     "Base",
     "BillingCustomer",
     "BillingSubscription",

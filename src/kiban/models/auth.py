@@ -1,11 +1,12 @@
-"""Auth tables: refresh tokens (rotated, in families), API keys, and failed sign-in attempts."""
+"""Auth tables: refresh tokens (rotated, in families), API keys, failed sign-in attempts, and the
+change counter that keeps every process's API-key cache exact."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.core import clock
@@ -69,3 +70,25 @@ class LoginAttempt(Base):
     email: Mapped[str] = mapped_column(String(320))
     address: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
+
+
+class AuthEpoch(Base):
+    """One row: bumped by triggers (migration 0012) in every transaction that changes what an
+    API key authenticates as, so that caches can tell when to drop what they hold."""
+
+    __tablename__ = "auth_epoch"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuthChange(Base):
+    """Per user, the ``auth_epoch`` value of the latest change to its keys, account or billing.
+
+    No foreign key: the row of a deleted user must stay, so that caches drop its keys too.
+    """
+
+    __tablename__ = "auth_changes"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, index=True)

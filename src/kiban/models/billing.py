@@ -7,7 +7,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ColumnElement, ForeignKey, String, UniqueConstraint, exists
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    ForeignKey,
+    ScalarSelect,
+    String,
+    UniqueConstraint,
+    exists,
+    func,
+    select,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.core import clock
@@ -90,14 +101,30 @@ class WebhookEvent(Base):
 def may_grant_access(user_id: Any, now: Any) -> tuple[ColumnElement[bool], ...]:
     """The SQL side of "grants paid access at ``now``": a row outside it never does
     (``billing.state`` decides the rest from the status, the grace and the time)."""
-    return (
-        BillingSubscription.user_id == user_id,
-        BillingSubscription.current_period_end > now,
-        BillingSubscription.stripe_status.is_not(None),
-    )
+    return (*_may_ever_grant_access(user_id), BillingSubscription.current_period_end > now)
+
+
+def _may_ever_grant_access(user_id: Any) -> tuple[ColumnElement[bool], ...]:
+    # The part of ``may_grant_access`` that does not depend on the time.
+    return (BillingSubscription.user_id == user_id, BillingSubscription.stripe_status.is_not(None))
 
 
 def may_have_paid_access(user_id: Any, now: Any) -> ColumnElement[bool]:
     """A SQL EXISTS that is false only if ``billing.state.paid_subscription`` would find nothing at
-    ``now`` (or later): the API-key lookup selects it, so free users' requests skip that query."""
+    ``now`` (or later): the admin's quota page selects it, so free users skip that query (the
+    API-key lookup selects ``paid_access_until`` instead)."""
     return exists().where(*may_grant_access(user_id, now))
+
+
+def paid_access_until(user_id: Any) -> ScalarSelect[datetime | None]:
+    """The latest period end among the user's subscriptions that could grant paid access.
+
+    ``may_have_paid_access(user_id, now)`` is exactly ``paid_access_until(user_id) > now``: the
+    API-key cache keeps this instant and compares it with each request's time, so a period that
+    ends while a key is cached is judged when it ends.
+    """
+    return (
+        select(func.max(BillingSubscription.current_period_end))
+        .where(*_may_ever_grant_access(user_id))
+        .scalar_subquery()
+    )

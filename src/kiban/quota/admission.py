@@ -166,8 +166,9 @@ class QuotaAdmission:
     ) -> KeyWindow | None:
         """The API key's own limits, when the request came with a key that has some."""
         key_id = request.principal.api_key_id
-        # key_has_limits is False when the key had no limits row at authentication, moments ago
-        # in this request (a limit set meanwhile counts from the next request on).
+        # key_has_limits is False when the key had no limits row at authentication (read with
+        # the key, or cached: a limit set anywhere reaches every process within the API-key
+        # cache's 1 s bound).
         if key_id is None or request.principal.key_has_limits is False:
             return None
         try:
