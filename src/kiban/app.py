@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from kiban.knowledge import router as knowledge
     from kiban.quota import router as quota_router
 
+    # The gateway's routers first: FastAPI tries routes in order, and they take the traffic.
+    app.include_router(v1_router.router)
+    app.include_router(ai_router.router)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(admin_users.router)
@@ -146,6 +149,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(billing_admin.router)
     app.include_router(quota_router.router)
     app.include_router(knowledge.router)
-    app.include_router(ai_router.router)
-    app.include_router(v1_router.router)
     return app

@@ -136,15 +136,16 @@ def _lookup_statement() -> Select[Any]:
 
 
 async def authenticate_api_key(
-    session: AsyncSession,
+    session: AsyncSession | None,
     sessionmaker: async_sessionmaker[AsyncSession],
     plaintext: str,
     cache: ApiKeyCache | None = None,
 ) -> KeyMatch:
     """The key and its user, or ``InvalidApiKey`` / ``UserInactive``.
 
-    From ``cache`` when it holds the key (no database round trip), else one indexed read, whose
-    result the cache keeps if the key is good. Failures are never cached.
+    From ``cache`` when it holds the key (no database round trip), else one indexed read (in
+    ``session``, or without one in a short session of its own), whose result the cache keeps if
+    the key is good. Failures are never cached.
     """
     match = KEY_SHAPE.match(plaintext)
     if match is None:
@@ -153,7 +154,11 @@ async def authenticate_api_key(
     now = clock.now()
     found = cache.get(key_hash) if cache is not None else None
     if found is None:
-        found, epoch = await _read_key(session, match.group(1), key_hash)
+        if session is None:
+            async with sessionmaker() as own:
+                found, epoch = await _read_key(own, match.group(1), key_hash)
+        else:
+            found, epoch = await _read_key(session, match.group(1), key_hash)
         if cache is not None:
             cache.put(key_hash, found, epoch)
     found.last_used_at = _schedule_touch(sessionmaker, found.api_key_id, found.last_used_at, now)

@@ -1,4 +1,5 @@
-"""Who is calling: `CurrentPrincipal`, `CurrentUser`, `AdminUser`, `TokenUser` and `KeyRingDep`."""
+"""Who is calling: `CurrentPrincipal`, `GatewayPrincipal`, `CurrentUser`, `AdminUser`,
+`TokenUser` and `KeyRingDep`."""
 
 from __future__ import annotations
 
@@ -96,6 +97,45 @@ async def get_principal(
         if not found.is_active:
             raise exc.UserInactive()
         principal = Principal(user=found)
+    return _bound(request, principal)
+
+
+async def get_gateway_principal(
+    request: Request,
+    token: Annotated[str, Depends(bearer_credentials)],
+    settings: SettingsDep,
+    keyring: KeyRingDep,
+    sessionmaker: SessionmakerDep,
+    key_cache: KeyCacheDep,
+) -> Principal:
+    """``get_principal`` for routes with no database work of their own (the AI gateway).
+
+    No request session: an API key the cache holds costs no database work at all, and a miss
+    or an access token reads in a short session of its own. The user is detached: read it,
+    never change it through this principal.
+    """
+    if looks_like_api_key(token):
+        found_key = await authenticate_api_key(None, sessionmaker, token, key_cache)
+        principal = Principal(
+            user=found_key.user,
+            api_key_id=found_key.api_key_id,
+            may_be_subscribed=found_key.may_be_subscribed,
+            key_has_limits=found_key.has_own_limits,
+        )
+    else:
+        claims = verify_access_token(keyring, settings, token)
+        async with sessionmaker() as session:
+            found = await session.get(User, claims.sub)
+        if found is None:
+            raise exc.UserNotFound()
+        if not found.is_active:
+            raise exc.UserInactive()
+        principal = Principal(user=found)
+    return _bound(request, principal)
+
+
+def _bound(request: Request, principal: Principal) -> Principal:
+    """The principal, with its user and key bound to the request's log line."""
     state = request.scope.setdefault("state", {})
     state["user_id"] = str(principal.user.id)
     if principal.api_key_id is not None:
@@ -121,6 +161,7 @@ async def get_token_user(principal: Annotated[Principal, Depends(get_principal)]
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+GatewayPrincipal = Annotated[Principal, Depends(get_gateway_principal)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin_user)]
 TokenUser = Annotated[User, Depends(get_token_user)]

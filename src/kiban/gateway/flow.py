@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
@@ -92,7 +91,6 @@ async def serve(
     surface: Surface,
     request: Request,
     principal: Principal,
-    session: AsyncSession,
     gateway: Gateway,
 ) -> Response:
     """One AI request through a surface, from its body to its response (JSON or a stream)."""
@@ -105,11 +103,7 @@ async def serve(
             raise ClientDisconnected() from e
         intent = surface.parse(raw)
         call.streamed = intent.stream
-        prepared = await prepare(gateway, session, call, intent)
-        # The database work is done: commit now rather than hold a pool connection (there are
-        # ten on SQLite) for as long as the model takes. Inside the guard: once a CallStream is
-        # returned, a failing commit at the edge would leave the call with no one to finish it.
-        await session.commit()
+        prepared = await prepare(gateway, call, intent)
         if intent.stream:
             stream, success = await open_stream(gateway, call, prepared)
             return CallStream(
@@ -126,9 +120,7 @@ async def serve(
     )
 
 
-async def prepare(
-    gateway: Gateway, session: AsyncSession, call: Call, intent: Intent
-) -> ProviderRequest | None:
+async def prepare(gateway: Gateway, call: Call, intent: Intent) -> ProviderRequest | None:
     """Resolve the model, admit the call, retrieve and build the prompt (None: nothing relevant)."""
     call.model_name = intent.model or gateway.catalog.default
     spec = gateway.catalog.resolve(intent.model)
@@ -145,9 +137,7 @@ async def prepare(
     ticket = await call.admit(reserve, intent.limits.requested)
     context: list[RetrievedChunk] = []
     if grounded:
-        chunks = (
-            await gateway.retrieve(session, call, question, top_k=intent.top_k) if question else []
-        )
+        chunks = await gateway.retrieve(call, question, top_k=intent.top_k) if question else []
         if not chunks:
             return None
         budget = gateway.settings.gateway_context_token_budget

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from kiban.auth import CurrentPrincipal
+from kiban.auth import CurrentPrincipal, GatewayPrincipal
 from kiban.core.db import SessionDep
 from kiban.core.errors import Forbidden
 from kiban.gateway import flow
@@ -30,11 +30,9 @@ _ASK_BODY: dict[str, Any] = {
 
 
 @router.post("/test", response_model=AskResponse, openapi_extra=_ASK_BODY)
-async def ask_once(
-    request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
-) -> Response:
+async def ask_once(request: Request, principal: GatewayPrincipal, gateway: GatewayDep) -> Response:
     """Answer a question in one JSON response (grounded in your documents unless grounded=false)."""
-    return await flow.serve(ask.ONCE, request, principal, session, gateway)
+    return await flow.serve(ask.ONCE, request, principal, gateway)
 
 
 @router.post(
@@ -49,10 +47,10 @@ async def ask_once(
     },
 )
 async def ask_streamed(
-    request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
+    request: Request, principal: GatewayPrincipal, gateway: GatewayDep
 ) -> Response:
     """Answer a question as server-sent events: ``delta`` events, then one ``done`` event."""
-    return await flow.serve(ask.STREAMED, request, principal, session, gateway)
+    return await flow.serve(ask.STREAMED, request, principal, gateway)
 
 
 @router.get("/logs", response_model=LogPage)

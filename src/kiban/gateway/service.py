@@ -65,8 +65,10 @@ class Gateway:
         ledger: LedgerWriter,
         admission: Admission,
         gate: GateConfig,
+        sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
         self.settings = settings
+        self.sessionmaker = sessionmaker
         self.admission = admission
         self.gate = gate
         self.catalog = catalog
@@ -107,7 +109,7 @@ class Gateway:
             batch_size=settings.ledger_batch_size,
             flush_interval=settings.ledger_flush_interval_seconds,
         )
-        return cls(settings, catalog, prices, providers, ledger, admission, gate)
+        return cls(settings, catalog, prices, providers, ledger, admission, gate, sessionmaker)
 
     async def start(self) -> None:
         self.ledger.start()
@@ -153,14 +155,19 @@ class Gateway:
         )
 
     async def retrieve(
-        self, session: AsyncSession, call: Call, query: str, *, top_k: int | None = None
+        self, call: Call, query: str, *, top_k: int | None = None
     ) -> list[RetrievedChunk]:
-        """The relevant chunks for a grounded request (empty: nothing relevant)."""
-        retrieval = await retrieve(
-            session,
-            user_id=call.principal.user.id,
-            query=query,
-            top_k=top_k or self.settings.gateway_top_k,
-            gate=self.gate,
-        )
+        """The relevant chunks for a grounded request (empty: nothing relevant).
+
+        In a read-only session of its own, closed before the model is asked: no pool connection
+        is held for as long as the model takes.
+        """
+        async with self.sessionmaker() as session:
+            retrieval = await retrieve(
+                session,
+                user_id=call.principal.user.id,
+                query=query,
+                top_k=top_k or self.settings.gateway_top_k,
+                gate=self.gate,
+            )
         return retrieval.relevant

@@ -9,8 +9,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 
-from kiban.auth import CurrentPrincipal
-from kiban.core.db import SessionDep
+from kiban.auth import GatewayPrincipal
 from kiban.core.errors import AppError
 from kiban.gateway import flow
 from kiban.gateway.dependencies import GatewayDep
@@ -44,10 +43,10 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIE
     responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
 )
 async def chat_completions(
-    request: Request, principal: CurrentPrincipal, session: SessionDep, gateway: GatewayDep
+    request: Request, principal: GatewayPrincipal, gateway: GatewayDep
 ) -> Response:
     """OpenAI-compatible chat completion, streamed or not, with usage."""
-    return await flow.serve(CHAT, request, principal, session, gateway)
+    return await flow.serve(CHAT, request, principal, gateway)
 
 
 def _model(spec: Any) -> dict[str, Any]:
@@ -55,14 +54,14 @@ def _model(spec: Any) -> dict[str, Any]:
 
 
 @router.get("/models", response_class=Response)
-async def list_models(principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+async def list_models(principal: GatewayPrincipal, gateway: GatewayDep) -> Response:
     """The models this kiban serves (OpenAI's list shape)."""
     data = [_model(gateway.catalog.models[name]) for name in gateway.catalog.names]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model}", response_class=Response)
-async def get_model(model: str, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+async def get_model(model: str, principal: GatewayPrincipal, gateway: GatewayDep) -> Response:
     """One model (OpenAI's shape), or an OpenAI-shaped 404."""
     spec = gateway.catalog.resolve(model)
     return Response(orjson.dumps(_model(spec)), media_type="application/json")

@@ -28,14 +28,23 @@ from sqlalchemy.sql.compiler import Compiled
 T = TypeVar("T")
 
 
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+# By exact type: most parameters are ints and strings, which pass through untouched.
+_CONVERT: dict[type, Callable[[Any], Any]] = {
+    uuid.UUID: lambda v: v.hex,
+    datetime: _utc_text,
+    bool: int,
+}
+
+
 def _value(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return value.hex
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, bool):
-        return int(value)
-    return value
+    convert = _CONVERT.get(type(value))
+    return value if convert is None else convert(value)
 
 
 class Prepared:
