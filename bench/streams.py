@@ -146,7 +146,20 @@ async def main(args: argparse.Namespace) -> None:
             await burst(url, token, 20)
         for _ in range(args.rounds):
             for name, (url, token) in targets.items():
+                spy = None
+                if name == "kiban" and args.py_spy:  # py-spy's raw (collapsed) stacks, appended
+                    spy = subprocess.Popen(
+                        [args.py_spy, "record", "-p", str(kiban.pid), "-r", "200", "--gil"]
+                        + ["--format", "raw", "-o", str(workdir / "profile.txt"), "-d", "30"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    await asyncio.sleep(1)
                 results[name].append(await burst(url, token, args.streams))
+                if spy is not None:
+                    spy.send_signal(2)  # SIGINT: py-spy writes what it has
+                    spy.wait(30)
+                    print(f"profile of kiban: {workdir / 'profile.txt'}")
         rss = peak_rss_mb(kiban.pid)
     finally:
         for process in reversed(processes):
@@ -201,4 +214,5 @@ if __name__ == "__main__":
     parser.add_argument("--chunk-delay-ms", type=float, default=20.0)
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
+    parser.add_argument("--py-spy", help="a py-spy binary: profile kiban during its bursts")
     asyncio.run(main(parser.parse_args()))

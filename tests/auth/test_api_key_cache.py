@@ -3,6 +3,7 @@ within the bound, whoever writes it (an endpoint, raw SQL, a cascade)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -259,6 +260,27 @@ async def test_the_cache_answers_only_within_the_bound_of_its_last_poll(app: Fas
         assert cache.get("h") is None
         assert await cache.poll()
         assert cache.get("h") is entry  # nothing changed meanwhile: the entry is still exact
+    finally:
+        await cache.aclose()
+
+
+async def test_a_stale_cache_waits_for_one_shared_poll(app: FastAPI) -> None:
+    # Under a burst the loop may lag past the bound: the requests then share one fresh poll
+    # instead of each reading its key from the database.
+    now = [100.0]
+    engine = app.state.engine
+    cache = ApiKeyCache(engine, max_size=10, poll_interval=0.25, monotonic=lambda: now[0])
+    try:
+        assert await cache.poll()
+        assert cache.epoch is not None
+        entry = _entry()
+        assert cache.put("h", entry, cache.epoch)
+        now[0] += STALENESS_BOUND + 5
+        assert not cache.serving
+        with statements(engine) as seen:
+            assert await asyncio.gather(*(cache.fresh() for _ in range(50))) == [True] * 50
+        assert len(seen) == 1  # one poll for fifty callers
+        assert cache.get("h") is entry
     finally:
         await cache.aclose()
 

@@ -101,7 +101,9 @@ class KeyMatch(NamedTuple):
     """An authenticated key, its user, and what the quota admission may skip for them."""
 
     api_key_id: uuid.UUID
-    user: User  # detached: built from the values read (or cached), never shared between requests
+    # Detached: built from the values read (or cached) for this request; with ``shared`` one
+    # instance per cached key, which the caller must only read.
+    user: User
     may_be_subscribed: bool  # False: no subscription that could grant paid access right now
     has_own_limits: bool  # False: the key has no rate limits of its own (no api_key_limits row)
 
@@ -140,6 +142,8 @@ async def authenticate_api_key(
     sessionmaker: async_sessionmaker[AsyncSession],
     plaintext: str,
     cache: ApiKeyCache | None = None,
+    *,
+    shared: bool = False,
 ) -> KeyMatch:
     """The key and its user, or ``InvalidApiKey`` / ``UserInactive``.
 
@@ -152,7 +156,10 @@ async def authenticate_api_key(
         raise exc.InvalidApiKey("The API key is not well formed (expected kb_<id>_<secret>).")
     key_hash = hash_api_key(plaintext)
     now = clock.now()
-    found = cache.get(key_hash) if cache is not None else None
+    found = None
+    if cache is not None:
+        await cache.fresh()  # a stale cache waits for one shared poll rather than reading the key
+        found = cache.get(key_hash)
     if found is None:
         if session is None:
             async with sessionmaker() as own:
@@ -162,9 +169,15 @@ async def authenticate_api_key(
         if cache is not None:
             cache.put(key_hash, found, epoch)
     found.last_used_at = _schedule_touch(sessionmaker, found.api_key_id, found.last_used_at, now)
+    if shared:
+        if found.shared_user is None:
+            found.shared_user = _detached_user(found.user)
+        user = found.shared_user
+    else:
+        user = _detached_user(found.user)
     return KeyMatch(
         found.api_key_id,
-        _detached_user(found.user),
+        user,
         found.may_be_subscribed(now),
         found.has_own_limits,
     )

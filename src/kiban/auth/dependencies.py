@@ -111,11 +111,11 @@ async def get_gateway_principal(
     """``get_principal`` for routes with no database work of their own (the AI gateway).
 
     No request session: an API key the cache holds costs no database work at all, and a miss
-    or an access token reads in a short session of its own. The user is detached: read it,
-    never change it through this principal.
+    or an access token reads in a short session of its own. The user is detached, and for
+    a cached key one instance serves every request: read it, never change it.
     """
     if looks_like_api_key(token):
-        found_key = await authenticate_api_key(None, sessionmaker, token, key_cache)
+        found_key = await authenticate_api_key(None, sessionmaker, token, key_cache, shared=True)
         principal = Principal(
             user=found_key.user,
             api_key_id=found_key.api_key_id,

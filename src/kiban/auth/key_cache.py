@@ -11,7 +11,10 @@ How it stays exact (docs/decisions/0008-api-key-cache-with-epoch-invalidation.md
   connection of its own, and drops the entries of each user changed since its last poll.
 - The cache answers only while the last successful poll *started* less than the bound ago: a
   change committed before that poll started was seen by it, so what the cache serves is never
-  older than the bound. When polls fail or lag, every request reads the database (fail closed).
+  older than the bound. When the last poll is too old (the loop lagged under load), a request
+  waits for a fresh poll, one shared by every request waiting (``fresh``), rather than each
+  reading its key: under a burst the database sees one poll, not a thousand lookups. When polls
+  fail, every request reads the database (fail closed).
 - An entry is stored only if its read is at least as new as the last poll (the lookup selects the
   counter too): a read older than a change the poller has already handled is not cached.
 - Only keys that authenticated are stored, in an LRU of ``KIBAN_API_KEY_CACHE_SIZE``: unknown or
@@ -57,6 +60,9 @@ class CachedKey:
     paid_access_until: datetime | None
     has_own_limits: bool
     last_used_at: datetime | None
+    # One detached User built from ``user``, shared by the read-only callers (the gateway), for
+    # whom building an ORM instance per request was a measurable part of the request's CPU.
+    shared_user: Any = None
 
     def may_be_subscribed(self, now: datetime) -> bool:
         """False when no subscription can grant paid access at ``now`` (billing need not look)."""
@@ -103,6 +109,7 @@ class ApiKeyCache:
         self._connection: AsyncConnection | None = None
         self._failing = False
         self._statement = _poll_statement()
+        self._polling: asyncio.Future[bool] | None = None  # the poll in flight, shared
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -157,13 +164,32 @@ class ApiKeyCache:
                 if not hashes:
                     del self._by_user[entry.user_id]
 
+    async def fresh(self) -> bool:
+        """Whether a hit may be answered, after waiting for a new poll if the last is too old.
+
+        The poll is shared: whoever finds the cache stale joins the poll in flight or starts one.
+        """
+        if self.serving:
+            return True
+        if self.max_size == 0 or self._engine is None:
+            return False
+        await self.poll()
+        return self.serving
+
     async def poll(self) -> bool:
         """Read the counter and the users changed since the last poll, and drop their keys.
 
-        True on success. Public so that tests (and start-up) need not wait for the next tick.
+        True on success. Concurrent callers share one poll (its connection is one). Public so
+        that tests (and start-up) need not wait for the next tick.
         """
         if self._engine is None:
             return False
+        if self._polling is None or self._polling.done():
+            self._polling = asyncio.ensure_future(self._poll())
+        return await asyncio.shield(self._polling)
+
+    async def _poll(self) -> bool:
+        assert self._engine is not None
         started = self._monotonic()
         try:
             # A poll that hangs must not keep the cache serving: give up at the bound.
