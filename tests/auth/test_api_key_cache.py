@@ -278,9 +278,13 @@ async def test_a_stale_cache_waits_for_one_shared_poll(app: FastAPI) -> None:
         now[0] += STALENESS_BOUND + 5
         assert not cache.serving
         with statements(engine) as seen:
-            assert await asyncio.gather(*(cache.fresh() for _ in range(50))) == [True] * 50
+            asked = cache.now()
+            assert await asyncio.gather(*(cache.fresh(asked) for _ in range(50))) == [True] * 50
         assert len(seen) == 1  # one poll for fifty callers
-        assert cache.get("h") is entry
+        assert cache.get("h", asked) is entry
+        now[0] += STALENESS_BOUND + 5  # the poll took long (a lagging loop): still after asked
+        assert cache.get("h", asked) is entry
+        assert cache.get("h") is None  # but a lookup asked now needs a newer poll
     finally:
         await cache.aclose()
 

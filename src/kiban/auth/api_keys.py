@@ -158,8 +158,9 @@ async def authenticate_api_key(
     now = clock.now()
     found = None
     if cache is not None:
-        await cache.fresh()  # a stale cache waits for one shared poll rather than reading the key
-        found = cache.get(key_hash)
+        asked = cache.now()
+        await cache.fresh(asked)  # a stale cache waits for one shared poll, not a read per key
+        found = cache.get(key_hash, asked)
     if found is None:
         if session is None:
             async with sessionmaker() as own:

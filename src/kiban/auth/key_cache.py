@@ -117,13 +117,22 @@ class ApiKeyCache:
     @property
     def serving(self) -> bool:
         """Whether a hit may be answered: only while the last poll started within the bound."""
-        return self.max_size > 0 and self._monotonic() - self._fresh_since < self.bound
+        return self.serving_at(self._monotonic())
 
-    def get(self, key_hash: str) -> CachedKey | None:
+    def serving_at(self, asked: float) -> bool:
+        """Whether a lookup asked at ``asked`` (this cache's clock) may be answered: the last
+        poll started less than the bound before it. A poll that started after a request was
+        asked saw every change committed before, however long the request then waited."""
+        return self.max_size > 0 and asked - self._fresh_since < self.bound
+
+    def now(self) -> float:
+        return self._monotonic()
+
+    def get(self, key_hash: str, asked: float | None = None) -> CachedKey | None:
         """The cached key, or None (not cached, or the cache cannot vouch for it right now)."""
         if self.max_size == 0:  # turned off: nothing to count
             return None
-        if not self.serving:
+        if not self.serving_at(self._monotonic() if asked is None else asked):
             API_KEY_CACHE.labels(outcome="bypass").inc()
             return None
         entry = self._entries.get(key_hash)
@@ -164,17 +173,20 @@ class ApiKeyCache:
                 if not hashes:
                     del self._by_user[entry.user_id]
 
-    async def fresh(self) -> bool:
-        """Whether a hit may be answered, after waiting for a new poll if the last is too old.
+    async def fresh(self, asked: float) -> bool:
+        """Whether a lookup asked at ``asked`` may be answered, after waiting for a new poll if
+        the last is too old.
 
         The poll is shared: whoever finds the cache stale joins the poll in flight or starts one.
+        Under a burst the loop may lag past the bound; judged at ``asked``, the poll that then
+        ran still vouches for the requests that waited for it.
         """
-        if self.serving:
+        if self.serving_at(asked):
             return True
         if self.max_size == 0 or self._engine is None:
             return False
         await self.poll()
-        return self.serving
+        return self.serving_at(asked)
 
     async def poll(self) -> bool:
         """Read the counter and the users changed since the last poll, and drop their keys.
