@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=3, ge=0)
     upstream_backoff_seconds: float = Field(default=0.5, ge=0)  # first retry; doubles, jittered
     upstream_backoff_max_seconds: float = Field(default=8.0, ge=0)
+    # FastAPI's native OpenTelemetry (spans, metrics, logs through the configured providers).
+    opentelemetry: bool = False
     # Open connections per upstream: at least the streams you expect to run at once.
     upstream_max_connections: int = Field(default=1000, ge=1)
     gateway_top_k: int = Field(default=5, ge=1, le=50)
