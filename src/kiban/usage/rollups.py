@@ -103,7 +103,7 @@ def rollup_rows(records: Sequence[MutableMapping[str, Any]]) -> list[list[dict[s
     return [
         [
             dict(zip((*keys, *figures), (*key, *values), strict=True))
-            for key, values in sorted(rows.items(), key=lambda kv: tuple(map(str, kv[0])))
+            for key, values in _in_key_order(rows)
         ]
         for (_, keys, figures), rows in zip(
             UPSERTS, (hourly, daily, binned, binned_daily), strict=True
@@ -132,6 +132,14 @@ async def add(
         if params:
             statement = upsert_statement(bind.dialect.name, table, keys, figures)
             await session.execute(statement, params)
+
+
+def _in_key_order(rows: dict[tuple[Any, ...], list[int]]) -> Any:
+    """Rows in one order for every writer (concurrent batches then take row locks in the same
+    order); a single row, a single call's record, needs no sorting."""
+    if len(rows) <= 1:
+        return rows.items()
+    return sorted(rows.items(), key=lambda kv: tuple(map(str, kv[0])))
 
 
 def _accumulate(
