@@ -1,22 +1,38 @@
 """Retrieval evaluation: recall, MRR, refusal of out-of-corpus questions, latency; scale test.
 
-Runs the real knowledge code (analyzer, chunker, FTS index, ranking, relevance gate) on a real
-SQLite file (or PostgreSQL with --postgres URL), over the data sets in ../shared/data (see its
-README for the protocol): articles sorted by title and split alternately into halves A and B;
-index A (one document per article, so chunking is exercised), ask A's questions (in-corpus) and
-B's (out-of-corpus); then swap.
+Runs the real knowledge code (analyzer, chunker, FTS index, the embedding queue, the vectors,
+hybrid ranking and the relevance gate) on a real SQLite file (or PostgreSQL with --postgres URL),
+over the data sets in ../shared/data (see its README for the protocol), and over the paraphrase
+sets in bench/data.
 
-    .venv/bin/python bench/retrieval_eval.py             # JSQuAD + XQuAD, both swaps, 100k scale
-    .venv/bin/python bench/retrieval_eval.py --scale 0   # skip the synthetic 100,000-chunk corpus
+    .venv/bin/python bench/retrieval_eval.py             # everything, 100k scale
+    .venv/bin/python bench/retrieval_eval.py --scale 0   # quality only
 
-Each figure has a baseline measured in the same run on the same corpus: naive keyword matching
-with SQL LIKE (English words, Japanese character bigrams), ranked by how many terms a chunk holds.
+Quality runs, per data set (articles sorted by title):
+
+- halves (--halves): articles split alternately into A and B; index A, ask A's questions
+  (in-corpus) and B's (out-of-corpus); then swap. The protocol of the earlier figures.
+- sixths: articles dealt into six groups. Calibration runs use groups 0, 2, 4 (corpus g0 with
+  g2's questions out-of-corpus, g2 with g4's, g4 with g0's); held-out runs use groups 1, 3, 5 the
+  same way, their questions never seen in calibration. Each run twice: the corpus alone, and the
+  corpus plus the paragraphs of the four other groups ("x5": four times as many unrelated
+  paragraphs of the same language), with the same questions: the gate must answer and refuse
+  alike in both.
+
+Every run reports hybrid retrieval, BM25 alone (the lexical candidates in the lexical order with
+the BM25 gate: retrieval before vectors) and naive keyword matching with SQL LIKE (English words,
+Japanese character bigrams, ranked by how many terms a chunk holds), from the same corpus.
+
+Embeddings of corpus texts and questions are cached in bench/results/ (the first run embeds, the
+next ones reuse): quality-run latencies therefore exclude the model; the scale test measures the
+whole retrieve() with the model embedding each query.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import random
@@ -26,10 +42,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -37,12 +55,17 @@ from kiban.core.db import create_engine, create_sessionmaker, session_scope
 from kiban.core.migrations import upgrade
 from kiban.knowledge import service
 from kiban.knowledge.analyzer import analyzer
-from kiban.knowledge.gate import GateConfig
+from kiban.knowledge.embedding import LocalEmbedder
+from kiban.knowledge.fusion import fuse
 from kiban.knowledge.indexing import index_document
-from kiban.knowledge.ranking import profile_query, rank, visible_scopes
+from kiban.knowledge.queue import embed_pending
+from kiban.knowledge.ranking import Candidate, QueryProfile
+from kiban.knowledge.vectors import pending_chunks, store_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+PARAPHRASES = REPO / "bench" / "data"
+RESULTS = REPO / "bench" / "results"
 SEP = " [SEP] "
 
 
@@ -53,9 +76,57 @@ class Article:
     questions: list[tuple[str, int]]  # (question, paragraph index)
 
 
+class CachedEmbedder:
+    """The real embedder behind a disk cache (bench/results/), so repeated runs embed each text
+    once. ``miss_seconds`` / ``misses`` is the model's own throughput on the texts it embedded."""
+
+    def __init__(self, inner: LocalEmbedder, path: Path | None) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.dimensions = inner.dimensions
+        self.description = inner.description
+        self.path = path
+        self.cache: dict[str, np.ndarray] = {}
+        self.misses = 0
+        self.miss_seconds = 0.0
+        if path and path.exists():
+            with np.load(path) as data:
+                self.cache = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+
+    def key(self, text: str, kind: str) -> str:
+        return hashlib.sha1(f"{kind}\0{text}".encode()).hexdigest()
+
+    async def embed(self, texts: Sequence[str], kind: str) -> np.ndarray:
+        keys = [self.key(t, kind) for t in texts]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            started = time.perf_counter()
+            vectors = await self.inner.embed([texts[i] for i in missing], kind)  # type: ignore[arg-type]
+            self.miss_seconds += time.perf_counter() - started
+            self.misses += len(missing)
+            for i, vector in zip(missing, vectors, strict=True):
+                self.cache[keys[i]] = vector
+        return np.vstack([self.cache[k] for k in keys]) if keys else np.zeros((0, 384), np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    async def aclose(self) -> None:
+        return None
+
+    def save(self) -> None:
+        if self.path and self.misses:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            keys = list(self.cache)
+            np.savez(
+                self.path, keys=np.array(keys), vectors=np.vstack([self.cache[k] for k in keys])
+            )
+
+
 @dataclass
-class SwapResult:
-    name: str
+class Tally:
+    """Figures of one ranking (hybrid, BM25 alone, or the LIKE baseline) over one run."""
+
     hits_at_1: int = 0
     hits_at_5: int = 0
     reciprocal_ranks: float = 0.0
@@ -63,10 +134,44 @@ class SwapResult:
     answered: int = 0
     out_total: int = 0
     refused: int = 0
+
+    def add_in(self, position: int | None, relevant: bool | None) -> None:
+        self.in_total += 1
+        if position is not None:
+            self.hits_at_1 += position == 0
+            self.hits_at_5 += position < 5
+            self.reciprocal_ranks += 1.0 / (position + 1) if position < 10 else 0.0
+        self.answered += bool(relevant)
+
+    def add_out(self, relevant: bool) -> None:
+        self.out_total += 1
+        self.refused += not relevant
+
+    def merge(self, other: Tally) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def line(self, gated: bool = True) -> str:
+        n = self.in_total or 1
+        text = (
+            f"R@1={self.hits_at_1 / n:.3f} R@5={self.hits_at_5 / n:.3f} "
+            f"MRR@10={self.reciprocal_ranks / n:.3f}"
+        )
+        if gated:
+            text += (
+                f" answered={self.answered / n:.3f}"
+                f" refused={self.refused / (self.out_total or 1):.3f}"
+            )
+        return text
+
+
+@dataclass
+class RunResult:
+    name: str
+    hybrid: Tally = field(default_factory=Tally)
+    bm25: Tally = field(default_factory=Tally)
+    like: Tally = field(default_factory=Tally)
     latencies_ms: list[float] = field(default_factory=list)
-    # The baseline, measured in the same run on the same corpus: naive LIKE keyword matching.
-    like_hits_at_1: int = 0
-    like_hits_at_5: int = 0
     like_latencies_ms: list[float] = field(default_factory=list)
     chunks: int = 0
     index_seconds: float = 0.0
@@ -158,72 +263,99 @@ async def ingest(
     return gold
 
 
-async def evaluate_swap(
+def _position(ranked: Sequence[Any], gold: tuple[str, int, int]) -> int | None:
+    gold_doc, p_start, p_end = gold
+    return next(
+        (
+            i
+            for i, c in enumerate(ranked)
+            if str(c.document_id).replace("-", "") == gold_doc.replace("-", "")
+            and c.start_offset < p_end
+            and c.end_offset > p_start
+        ),
+        None,
+    )
+
+
+def bm25_only(profile: QueryProfile, ranked: list[Candidate], top_k: int) -> list[Candidate]:
+    """What retrieval was before vectors: the lexical candidates in the lexical order."""
+    return [c for c in ranked if c.lexical_rank is not None][:top_k]
+
+
+async def evaluate(
     name: str,
     corpus: list[Article],
-    others: list[Article],
-    gate: GateConfig,
-    postgres: str | None,
+    questions_in: list[Article],
+    questions_out: list[Article],
+    retriever: service.Retriever,
+    args: argparse.Namespace,
     workdir: Path,
-    per_paragraph: bool = False,
-) -> SwapResult:
-    result = SwapResult(name)
-    engine = await fresh_database(postgres, workdir)
+    distractors: list[Article] | None = None,
+) -> RunResult:
+    """Index `corpus` (+ `distractors`), ask `questions_in` (in-corpus) and `questions_out`."""
+    result = RunResult(name)
+    engine = await fresh_database(args.postgres, workdir)
     sessionmaker = create_sessionmaker(engine)
     started = time.perf_counter()
-    gold = await ingest(sessionmaker, corpus, per_paragraph)
+    gold = await ingest(sessionmaker, corpus + (distractors or []), args.per_paragraph)
     result.index_seconds = time.perf_counter() - started
+    if retriever.embedder is not None:
+        await embed_pending(sessionmaker, retriever.embedder, batch_size=32)
+    retriever.shared_vectors.clear()
     async with sessionmaker() as session:
         result.chunks = int(
             (await session.execute(text("SELECT count(*) FROM document_chunks"))).scalar_one()
         )
     user = uuid.uuid4()
-    scopes = visible_scopes(user)
+    gate, hybrid = retriever.gate, retriever.hybrid
     async with sessionmaker() as session:
-        for in_corpus, articles in ((True, corpus), (False, others)):
+        for in_corpus, articles in ((True, questions_in), (False, questions_out)):
             for article in articles:
                 for question, paragraph in article.questions:
                     started = time.perf_counter()
-                    profile = await profile_query(session, question)
-                    ranked = await rank(session, profile, scopes, 10)
-                    decision = gate.decide(profile, ranked)
+                    profile, ranked = await service.candidates(
+                        session, retriever, user, question, 10
+                    )
+                    fused = fuse(profile, ranked, gate, hybrid)[:10] if retriever.embedder else []
                     result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                    relevant = any(decision)
+                    lexical = bm25_only(profile, ranked, 10)
+                    lexical_relevant = any(gate.decide(profile, lexical))
+                    hybrid_relevant = any(s.relevant for s in fused)
+                    record: dict[str, Any] = {
+                        "in": in_corpus,
+                        "ja": profile.japanese,
+                        "weight": profile.weight,
+                        "candidates": [
+                            [
+                                c.rank_score,
+                                c.coverage,
+                                c.strength,
+                                c.cosine if c.cosine is not None else -1.0,
+                                -1 if c.lexical_rank is None else c.lexical_rank,
+                                -1 if c.dense_rank is None else c.dense_rank,
+                            ]
+                            for c in ranked
+                        ],
+                        "gold": -1,
+                    }
                     if not in_corpus:
-                        result.out_total += 1
-                        result.refused += not relevant
+                        result.bm25.add_out(lexical_relevant)
+                        result.hybrid.add_out(hybrid_relevant)
                     else:
-                        result.in_total += 1
-                        result.answered += relevant
-                        gold_doc, p_start, p_end = gold[(article.title, paragraph)]
-                        position = next(
-                            (
-                                i
-                                for i, c in enumerate(ranked)
-                                if str(c.document_id) == gold_doc
-                                and c.start_offset < p_end
-                                and c.end_offset > p_start
-                            ),
-                            None,
+                        where = gold[(article.title, paragraph)]
+                        result.bm25.add_in(_position(lexical, where), lexical_relevant)
+                        result.hybrid.add_in(
+                            _position([s.candidate for s in fused], where), hybrid_relevant
                         )
-                        if position is not None:
-                            result.hits_at_1 += position == 0
-                            result.hits_at_5 += position < 5
-                            result.reciprocal_ranks += 1.0 / (position + 1)
-                        started = time.perf_counter()
-                        baseline = await like_rank(session, question, 5)
-                        result.like_latencies_ms.append((time.perf_counter() - started) * 1000)
-                        found = [
-                            i
-                            for i, row in enumerate(baseline)
-                            if str(row.document_id).replace("-", "") == gold_doc.replace("-", "")
-                            and row.start_offset < p_end
-                            and row.end_offset > p_start
-                        ]
-                        result.like_hits_at_1 += bool(found) and found[0] == 0
-                        result.like_hits_at_5 += bool(found)
-                    result.records.append(gate.features(profile, ranked) | {"in": in_corpus})
-    await drop_database(engine, postgres)
+                        golds = [i for i, c in enumerate(ranked) if _position([c], where) == 0]
+                        record["gold"] = golds
+                        if args.like:
+                            started = time.perf_counter()
+                            baseline = await like_rank(session, question, 5)
+                            result.like_latencies_ms.append((time.perf_counter() - started) * 1000)
+                            result.like.add_in(_position(baseline, where), None)
+                    result.records.append(record)
+    await drop_database(engine, args.postgres)
     return result
 
 
@@ -269,34 +401,58 @@ def split(articles: list[Article]) -> tuple[list[Article], list[Article]]:
     return articles[0::2], articles[1::2]
 
 
+def sixths(articles: list[Article]) -> list[list[Article]]:
+    """Articles sorted by title, dealt into six groups: 0, 2, 4 calibrate; 1, 3, 5 are held out."""
+    return [articles[i::6] for i in range(6)]
+
+
+# (corpus group, out-of-corpus group): the other four groups are the distractors.
+CALIBRATION_RUNS = ((0, 2), (2, 4), (4, 0))
+HELD_OUT_RUNS = ((1, 3), (3, 5), (5, 1))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def report(dataset: str, result: SwapResult) -> None:
-    n = result.in_total or 1
-    print(
-        f"{dataset:8} {result.name:6} chunks={result.chunks:5d} "
-        f"R@1={result.hits_at_1 / n:.3f} R@5={result.hits_at_5 / n:.3f} "
-        f"MRR@10={result.reciprocal_ranks / n:.3f} "
-        f"answered={result.answered / n:.3f} "
-        f"refused={result.refused / (result.out_total or 1):.3f} "
-        f"p50={statistics.median(result.latencies_ms):.2f}ms "
-        f"p95={percentile(result.latencies_ms, 0.95):.2f}ms "
-        f"(in={result.in_total}, out={result.out_total}, "
-        f"ingest {result.chunks / result.index_seconds:.0f} chunks/s)"
+def report(dataset: str, result: RunResult, embedder: bool) -> None:
+    latency = (
+        f"p50={statistics.median(result.latencies_ms or [0.0]):.2f}ms "
+        f"p95={percentile(result.latencies_ms, 0.95):.2f}ms"
     )
     print(
-        f"{'':8} {'':6} baseline, LIKE keywords (same corpus, same run): "
-        f"R@1={result.like_hits_at_1 / n:.3f} R@5={result.like_hits_at_5 / n:.3f} "
-        f"p50={statistics.median(result.like_latencies_ms or [0.0]):.2f}ms"
+        f"{dataset:8} {result.name:14} chunks={result.chunks:5d} "
+        f"in={result.hybrid.in_total} out={result.hybrid.out_total} {latency}"
     )
+    if embedder:
+        print(f"{'':8} {'':14} hybrid      {result.hybrid.line()}")
+    print(f"{'':8} {'':14} BM25 alone  {result.bm25.line()}")
+    if result.like.in_total:
+        print(
+            f"{'':8} {'':14} LIKE        {result.like.line(gated=False)} "
+            f"p50={statistics.median(result.like_latencies_ms or [0.0]):.2f}ms"
+        )
 
 
-async def run_quality(args: argparse.Namespace, workdir: Path) -> None:
-    gate = service.default_gate()
-    dumps = {}
+def pooled(results: list[RunResult], name: str) -> RunResult:
+    total = RunResult(name)
+    for r in results:
+        total.hybrid.merge(r.hybrid)
+        total.bm25.merge(r.bm25)
+        total.like.merge(r.like)
+        total.latencies_ms += r.latencies_ms
+        total.like_latencies_ms += r.like_latencies_ms
+        total.chunks += r.chunks
+    total.chunks //= max(1, len(results))
+    return total
+
+
+async def run_quality(
+    args: argparse.Namespace, workdir: Path, retriever: service.Retriever
+) -> dict[str, Any]:
+    dumps: dict[str, Any] = {}
+    embedder = retriever.embedder is not None
     for dataset, filename in (("jsquad", "jsquad-valid-v1.3.json"), ("xquad-en", "xquad.en.json")):
         if args.dataset not in ("all", dataset):
             continue
@@ -304,15 +460,101 @@ async def run_quality(args: argparse.Namespace, workdir: Path) -> None:
         if not path.exists():
             print(f"{dataset}: {path} not found, skipped", file=sys.stderr)
             continue
-        half_a, half_b = split(load(path))
-        for name, corpus, others in (("A|B", half_a, half_b), ("B|A", half_b, half_a)):
-            result = await evaluate_swap(
-                name, corpus, others, gate, args.postgres, workdir, args.per_paragraph
+        articles = load(path)
+        if args.halves:
+            half_a, half_b = split(articles)
+            for name, corpus, others in (("A|B", half_a, half_b), ("B|A", half_b, half_a)):
+                result = await evaluate(name, corpus, corpus, others, retriever, args, workdir)
+                report(dataset, result, embedder)
+                dumps[f"{dataset} {name}"] = result.records
+        groups = sixths(articles)
+        for role, runs in (("calibration", CALIBRATION_RUNS), ("held-out", HELD_OUT_RUNS)):
+            if args.held_out_only and role == "calibration":
+                continue
+            for size in ("alone", "x5"):
+                results = []
+                for c, o in runs:
+                    distractors = None
+                    if size == "x5":
+                        distractors = [
+                            a for i, g in enumerate(groups) if i not in (c, o) for a in g
+                        ]
+                    result = await evaluate(
+                        f"g{c}|g{o} {size}",
+                        groups[c],
+                        groups[c],
+                        groups[o],
+                        retriever,
+                        args,
+                        workdir,
+                        distractors,
+                    )
+                    dumps[f"{dataset} {role} {size} {result.name}"] = result.records
+                    results.append(result)
+                report(dataset, pooled(results, f"{role} {size}"), embedder)
+    return dumps
+
+
+def load_paraphrases(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+async def run_paraphrase(
+    args: argparse.Namespace, workdir: Path, retriever: service.Retriever
+) -> None:
+    """Questions that use other words than their passage: hybrid against BM25 alone."""
+    for language in ("ja", "en"):
+        path = PARAPHRASES / f"paraphrase_{language}.jsonl"
+        pairs = load_paraphrases(path)
+        engine = await fresh_database(args.postgres, workdir)
+        sessionmaker = create_sessionmaker(engine)
+        documents: dict[str, str] = {}
+        async with session_scope(sessionmaker) as session:
+            for pair in pairs:
+                result = await index_document(
+                    session,
+                    owner_id=None,
+                    shared=True,
+                    filename=f"{pair['topic']}.md",
+                    content_type="text/markdown",
+                    encoding="utf-8",
+                    text=pair["passage"],
+                )
+                documents[pair["id"]] = str(result.document.id)
+        if retriever.embedder is not None:
+            await embed_pending(sessionmaker, retriever.embedder, batch_size=32)
+        retriever.shared_vectors.clear()
+        hybrid, bm25 = Tally(), Tally()
+        user = uuid.uuid4()
+        async with sessionmaker() as session:
+            for pair in pairs:
+                profile, ranked = await service.candidates(
+                    session, retriever, user, pair["question"], 10
+                )
+                lexical = bm25_only(profile, ranked, 10)
+                fused = [
+                    s.candidate for s in fuse(profile, ranked, retriever.gate, retriever.hybrid)
+                ][:10]
+                target = documents[pair["id"]]
+                scored = fuse(profile, ranked, retriever.gate, retriever.hybrid)
+                for tally, order, relevant in (
+                    (bm25, lexical, any(retriever.gate.decide(profile, lexical))),
+                    (hybrid, fused, any(s.relevant for s in scored)),
+                ):
+                    position = next(
+                        (i for i, c in enumerate(order) if str(c.document_id) == target), None
+                    )
+                    tally.add_in(position, relevant)
+        await drop_database(engine, args.postgres)
+        print(f"paraphrase-{language} pairs={len(pairs)}")
+        if retriever.embedder is not None:
+            print(
+                f"{'':8} hybrid      {hybrid.line(gated=False)}"
+                f" answered={hybrid.answered / len(pairs):.3f}"
             )
-            report(dataset, result)
-            dumps[f"{dataset} {name}"] = result.records
-    if args.dump:
-        Path(args.dump).write_text(json.dumps(dumps))  # noqa: ASYNC240
+        print(
+            f"{'':8} BM25 alone  {bm25.line(gated=False)} answered={bm25.answered / len(pairs):.3f}"
+        )
 
 
 KATAKANA = "アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモラリルレロ"
@@ -330,7 +572,7 @@ def synthetic_vocabulary(rng: random.Random, size: int) -> list[str]:
     return sorted(words)
 
 
-async def run_scale(args: argparse.Namespace, workdir: Path) -> None:
+async def run_scale(args: argparse.Namespace, workdir: Path, retriever: service.Retriever) -> None:
     """Ingestion throughput and query latency on a synthetic corpus of `args.scale` chunks.
 
     Words follow Zipf's law (as in real text: a few very common, most rare); each chunk is one
@@ -376,17 +618,65 @@ async def run_scale(args: argparse.Namespace, workdir: Path) -> None:
     if not reuse:
         print(
             f"scale    ingest  {chunks} chunks in {seconds:.1f}s = {chunks / seconds:.0f} chunks/s"
+            " (BM25 index; vectors are the queue's, below)"
+        )
+    model = retriever.embedder.model if retriever.embedder else None
+    if model is not None:
+        # Embedding 100,000 chunks with the local model takes hours on two cores, and pseudo-words
+        # mean nothing to it: the synthetic chunks get random unit vectors, stored the queue's
+        # way (store_vectors). Search time depends on the count and the dimensions only.
+        vrng = np.random.default_rng(7)
+        vstarted = time.perf_counter()
+        stored = 0
+        while True:
+            async with sessionmaker() as session:
+                batch = await pending_chunks(session, model, 2000)
+            if not batch:
+                break
+            vectors = vrng.standard_normal((len(batch), 384)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            async with session_scope(sessionmaker) as session:
+                await store_vectors(
+                    session, model, [(c.id, c.scope, vectors[i]) for i, c in enumerate(batch)]
+                )
+            stored += len(batch)
+        if stored:
+            vseconds = time.perf_counter() - vstarted
+            print(f"scale    vectors {stored} stored in {vseconds:.1f}s (random, see the source)")
+        sample = [
+            "は".join(rng.choices(vocabulary, cum_weights=cumulative, k=20)) + "。"
+            for _ in range(32)
+        ]
+        estarted = time.perf_counter()
+        await retriever.embedder.embed(sample, "passage")
+        print(
+            f"scale    embedder {retriever.embedder.model}: "
+            f"{len(sample) / (time.perf_counter() - estarted):.1f} passages/s on this machine"
         )
     user = uuid.uuid4()
     latencies = []
+    bm25_latencies = []
+    embed_latencies = []
     async with sessionmaker() as session:
         for i in range(args.queries + 10):
             words = rng.sample(rng.choice(samples), k=rng.randint(2, 5))
             query = "の".join(words) + "は何ですか?"
             started = time.perf_counter()
             await service.retrieve(session, user_id=user, query=query, top_k=5)
+            middle = time.perf_counter()
+            if retriever.embedder is not None:
+                # The whole hybrid path, the query's embedding by the real model included.
+                await service.retrieve(
+                    session, user_id=user, query=query, top_k=5, retriever=retriever
+                )
+            ended = time.perf_counter()
+            if retriever.embedder is not None and i % 10 == 0:
+                estarted = time.perf_counter()
+                await retriever.embedder.embed([query], "query")
+                embed_latencies.append((time.perf_counter() - estarted) * 1000)
             if i >= 10:  # warm-up
-                latencies.append((time.perf_counter() - started) * 1000)
+                bm25_latencies.append((middle - started) * 1000)
+                latencies.append((ended - middle) * 1000)
     # The baseline on the same corpus, in the same run: LIKE keyword matching reads every chunk.
     like_latencies = []
     async with sessionmaker() as session:
@@ -395,11 +685,23 @@ async def run_scale(args: argparse.Namespace, workdir: Path) -> None:
             started = time.perf_counter()
             await like_rank(session, "の".join(words) + "は何ですか?", 5)
             like_latencies.append((time.perf_counter() - started) * 1000)
-    p50 = statistics.median(latencies)
+    p50 = statistics.median(bm25_latencies)
     print(
-        f"scale    query   {chunks} chunks: p50={p50:.2f}ms "
-        f"p95={percentile(latencies, 0.95):.2f}ms over {len(latencies)} queries (retrieve())"
+        f"scale    BM25 alone {chunks} chunks: p50={p50:.2f}ms "
+        f"p95={percentile(bm25_latencies, 0.95):.2f}ms over {len(bm25_latencies)} queries"
+        " (retrieve() without an embedder)"
     )
+    if retriever.embedder is not None:
+        print(
+            f"scale    hybrid     {chunks} chunks: p50={statistics.median(latencies):.2f}ms "
+            f"p95={percentile(latencies, 0.95):.2f}ms over {len(latencies)} queries"
+            " (retrieve(): query embedding, BM25, exact dense search, fusion, gate)"
+        )
+        print(
+            "scale    of which the query's embedding: "
+            f"p50={statistics.median(embed_latencies):.2f}ms"
+            f" over {len(embed_latencies)}"
+        )
     if like_latencies:
         like_p50 = statistics.median(like_latencies)
         print(
@@ -417,24 +719,48 @@ async def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--dataset", choices=["all", "jsquad", "xquad-en", "none"], default="all")
     parser.add_argument("--postgres", help="a PostgreSQL URL (asyncpg) instead of SQLite")
+    parser.add_argument("--embedder", choices=["local", "none"], default="local")
     parser.add_argument("--scale", type=int, default=100_000, help="synthetic chunks (0: skip)")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument(
         "--like-queries", type=int, default=30, help="baseline LIKE queries at scale (0: skip)"
     )
+    parser.add_argument("--no-like", dest="like", action="store_false", help="skip LIKE in runs")
+    parser.add_argument("--halves", action="store_true", help="also the A|B, B|A halves runs")
+    parser.add_argument("--held-out-only", action="store_true", help="skip calibration runs")
+    parser.add_argument("--no-paraphrase", dest="paraphrase", action="store_false")
     parser.add_argument("--scale-db", help="SQLite file to keep the synthetic corpus in (reused)")
     parser.add_argument(
         "--per-paragraph",
         action="store_true",
         help="index one document per paragraph (default: one per article, chunked)",
     )
-    parser.add_argument("--dump", help="write per-question gate features to this JSON file")
+    parser.add_argument("--dump", help="write per-question candidate features to this JSON file")
     args = parser.parse_args()
     analyzer().warm_up()
-    with tempfile.TemporaryDirectory() as tmp:
-        await run_quality(args, Path(tmp))
-        if args.scale:
-            await run_scale(args, Path(tmp))
+    embedder = None
+    if args.embedder == "local":
+        embedder = CachedEmbedder(LocalEmbedder(), RESULTS / "embedding-cache.npz")
+    retriever = service.Retriever(embedder=embedder)  # type: ignore[arg-type]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.paraphrase:
+                await run_paraphrase(args, Path(tmp), retriever)
+            dumps = await run_quality(args, Path(tmp), retriever)
+            if args.dump:
+                Path(args.dump).write_text(json.dumps(dumps))  # noqa: ASYNC240
+            if embedder is not None and embedder.misses:
+                print(
+                    f"embedder {embedder.model}: {embedder.misses} texts embedded in "
+                    f"{embedder.miss_seconds:.0f}s = {embedder.misses / embedder.miss_seconds:.1f}"
+                    " texts/s (the rest came from the cache)"
+                )
+            if args.scale:
+                real = service.Retriever(embedder=LocalEmbedder()) if embedder else retriever
+                await run_scale(args, Path(tmp), real)
+    finally:
+        if embedder is not None:
+            embedder.save()
 
 
 if __name__ == "__main__":

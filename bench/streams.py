@@ -148,9 +148,9 @@ async def main(args: argparse.Namespace) -> None:
             for name, (url, token) in targets.items():
                 spy = None
                 if name == "kiban" and args.py_spy:  # py-spy's raw (collapsed) stacks, appended
-                    spy = subprocess.Popen(
-                        [args.py_spy, "record", "-p", str(kiban.pid), "-r", "200", "--gil"]
-                        + ["--format", "raw", "-o", str(workdir / "profile.txt"), "-d", "30"],
+                    spy = await asyncio.create_subprocess_exec(
+                        *(args.py_spy, "record", "-p", str(kiban.pid), "-r", "200", "--gil"),
+                        *("--format", "raw", "-o", str(workdir / "profile.txt"), "-d", "30"),
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
@@ -158,7 +158,7 @@ async def main(args: argparse.Namespace) -> None:
                 results[name].append(await burst(url, token, args.streams))
                 if spy is not None:
                     spy.send_signal(2)  # SIGINT: py-spy writes what it has
-                    spy.wait(30)
+                    await asyncio.wait_for(spy.wait(), 30)
                     print(f"profile of kiban: {workdir / 'profile.txt'}")
         rss = peak_rss_mb(kiban.pid)
     finally:

@@ -166,6 +166,9 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "database_url": database_url,
             "secret_key": TEST_SECRET,
             "dev_secret_file": tmp_path / ".kiban-secret",
+            # BM25 only unless a test asks for an embedder: the local model embeds a few chunks a
+            # second on two cores, and most tests upload documents they never search by meaning.
+            "embedder": "none",
             "_env_file": None,
         }
         values.update(overrides)

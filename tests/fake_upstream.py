@@ -1,7 +1,9 @@
 """A fast OpenAI-compatible chat server for benchmarks and tests (no network beyond loopback).
 
 Speaks ``POST /v1/chat/completions`` (non-streamed and streamed as SSE, usage included, the last
-chunk carrying ``usage`` when ``stream_options.include_usage`` is set) and ``GET /v1/models``.
+chunk carrying ``usage`` when ``stream_options.include_usage`` is set), ``POST /v1/embeddings``
+(deterministic vectors from each input's hash, ``dimensions`` long (8 by default), float or
+base64, usage = words + 1 per input) and ``GET /v1/models``.
 
 Faults are scripted per request, in order, and consumed one per request (thread-safe)::
 
@@ -21,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
+import struct
 import threading
 import time
 from collections import deque
@@ -134,6 +139,50 @@ class FakeUpstream:
             "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt)},
         }
 
+    @staticmethod
+    def embedding(text: str, dimensions: int = 8) -> list[float]:
+        """The vector this server returns for `text` (unit length)."""
+        seed = hashlib.sha256(text.encode()).digest()
+        raw = [((seed[i % len(seed)] + i * 37) % 251) / 125.0 - 1.0 for i in range(dimensions)]
+        norm = sum(x * x for x in raw) ** 0.5 or 1.0
+        return [x / norm for x in raw]
+
+    async def _embeddings(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = orjson.loads(b"".join(chunks))
+        if self.keep_requests:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            self.requests.append(Received(time.monotonic(), body, headers))
+        fault = self._next_fault()
+        if fault is not None and fault.kind == "status":
+            await _json(send, fault.status, {"error": {"message": "fake", "type": "server_error"}})
+            return
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dimensions = body.get("dimensions") or 8
+        data = []
+        for index, text in enumerate(inputs):
+            vector = self.embedding(text, dimensions)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(t.split()) + 1 for t in inputs)
+        await _json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
+
     # --- the ASGI app ----------------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -155,6 +204,9 @@ class FakeUpstream:
                     "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}],
                 },
             )
+            return
+        if scope["method"] == "POST" and path.endswith("/embeddings"):
+            await self._embeddings(scope, receive, send)
             return
         if scope["method"] != "POST" or not path.endswith("/chat/completions"):
             await _json(

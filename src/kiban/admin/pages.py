@@ -34,6 +34,7 @@ ENDPOINT_PATHS = {
     "ai_test": "/ai/test",
     "ai_stream": "/ai/stream",
     "chat_completions": "/v1/chat/completions",
+    "embeddings": "/v1/embeddings",
 }
 ENDPOINT_NAMES = {path: name for name, path in ENDPOINT_PATHS.items()}
 

@@ -1,4 +1,4 @@
-"""Admin user management: list accounts (paginated) and change role or active state.
+"""Admin user management: list accounts (paginated), change role or active state, delete.
 
 ``UserUpdate`` and ``update_user`` are meant to grow: a domain that adds an admin-editable field
 (plan, quota override …) adds it to ``UserUpdate`` and a step to ``update_user``.
@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from kiban.auth import DEACTIVATED, AdminUser, UserOut, revoke_user
 from kiban.core import clock
 from kiban.core.db import SessionDep
 from kiban.core.errors import Conflict, NotFound
+from kiban.knowledge import forget_owner
 from kiban.models import Role, User
 from kiban.quota import QuotaAdmission, QuotaAdmissionDep, grant_extra_tokens, set_plan
 
@@ -166,3 +167,22 @@ async def patch_user(
     """Change a user's role, active state, plan or extra tokens for this period (admin)."""
     user = await update_user(session, admin, user_id, changes, admission)
     return UserOut.model_validate(user)
+
+
+async def delete_user(session: AsyncSession, actor: User, user_id: uuid.UUID) -> None:
+    """Delete a user: their documents first (vectors and their share of the search statistics
+    with them), then the account; the rest follows by foreign key (the ledger keeps its rows)."""
+    user = await session.get(User, user_id)
+    if user is None:
+        raise UserNotFoundError()
+    if user.id == actor.id:
+        raise CannotChangeSelf("Admins cannot delete themselves.")
+    await forget_owner(session, user.id)
+    await session.delete(user)
+    await session.flush()
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep) -> None:
+    """Delete a user and everything they own (admin)."""
+    await delete_user(session, admin, user_id)

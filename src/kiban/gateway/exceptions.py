@@ -8,6 +8,10 @@ Hierarchy::
     │   └── InvalidRequest        400 (param names the offending field)
     ├── NotFound
     │   └── ModelNotFound         404 model_not_found
+    ├── PayloadTooLarge
+    │   └── InputTooLarge         413 input_too_large, too_many_inputs (extra: limit)
+    ├── ServiceUnavailable
+    │   └── EmbeddingsUnavailable 503 embeddings_unavailable  no embedder configured
     └── UpstreamFailure
         ├── UpstreamError             502 upstream_error        the upstream failed or refused
         ├── UpstreamUnavailable       503 upstream_unavailable  unreachable, overloaded
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiban.core.errors import AppError, BadRequest, NotFound
+from kiban.core.errors import AppError, BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 
 
 def openai_error_type(status_code: int) -> str:
@@ -65,6 +69,24 @@ class ModelNotFound(NotFound):
             f"The model '{model}' does not exist or you do not have access to it.",
             hint=f"Available models: {', '.join(available)} (GET /v1/models).",
             extra=_openai_extra(404, "model", None),
+        )
+
+
+class InputTooLarge(PayloadTooLarge):
+    code = "input_too_large"
+
+    def __init__(self, message: str, *, limit: int, param: str, code: str | None = None) -> None:
+        super().__init__(message, code=code, extra=_openai_extra(413, param, {"limit": limit}))
+
+
+class EmbeddingsUnavailable(ServiceUnavailable):
+    code = "embeddings_unavailable"
+    default_message = "No embedder is configured."
+
+    def __init__(self) -> None:
+        super().__init__(
+            hint="Set KIBAN_EMBEDDER=local (or openai, with KIBAN_EMBEDDING_BASE_URL).",
+            extra=_openai_extra(503, None, None),
         )
 
 

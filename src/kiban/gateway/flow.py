@@ -6,10 +6,13 @@ exist once, here, each testable alone:
 
 1. ``prepare``: resolve the model; admit the call, reserving the prompt's tokens (and, grounded,
    the context's budget, before retrieval: decision 0015); retrieve; build the grounded prompt, or
-   find nothing relevant;
-2. commit the request's unit of work, so no pool connection is held while the model answers;
-3. ``answer`` or ``open_stream``: the provider, or the fixed "nothing relevant" answer;
-4. the call's one finish (``Call.finish``; for a stream, ``CallStream`` owns it).
+   find nothing relevant. There is no request session: the admission and retrieval each hold
+   their own short transaction, so no pool connection is held while the model answers;
+2. ``answer`` or ``open_stream``: the provider, or the fixed "nothing relevant" answer;
+3. the call's one finish (``Call.finish``; for a stream, ``CallStream`` owns it).
+
+A surface that is not a chat completion (``/v1/embeddings``) runs its own steps in
+``Surface.respond``, through the same call, admission and finish.
 
 ``serve`` composes them for a route, and puts the limit headers on the response.
 """
@@ -86,6 +89,11 @@ class Surface:
     def stream_format(self, call: Call, intent: Intent) -> StreamFormat:
         raise NotImplementedError
 
+    async def respond(self, gateway: Gateway, call: Call, intent: Intent) -> Answer | None:
+        """A surface that is not a chat completion (``/v1/embeddings``) admits, answers and
+        finishes its call here; None (the default) runs the chat steps below."""
+        return None
+
 
 async def serve(
     surface: Surface,
@@ -103,6 +111,11 @@ async def serve(
             raise ClientDisconnected() from e
         intent = surface.parse(raw)
         call.streamed = intent.stream
+        own = await surface.respond(gateway, call, intent)
+        if own is not None:
+            return Response(
+                surface.body(call, own), media_type="application/json", headers=call.limit_headers
+            )
         prepared = await prepare(gateway, call, intent)
         if intent.stream:
             stream, success = await open_stream(gateway, call, prepared)

@@ -24,7 +24,7 @@ from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
 from kiban.gateway.providers.openai import OpenAIProvider
 from kiban.gateway.tokenizer import count_text, encoding
-from kiban.knowledge import GateConfig, RetrievedChunk, retrieve
+from kiban.knowledge import RetrievedChunk, Retriever, retrieve
 from kiban.settings import Settings
 from kiban.usage import LedgerWriter
 
@@ -64,13 +64,13 @@ class Gateway:
         providers: dict[str, Provider],
         ledger: LedgerWriter,
         admission: Admission,
-        gate: GateConfig,
+        retriever: Retriever,
         sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.admission = admission
-        self.gate = gate
+        self.retriever = retriever
         self.catalog = catalog
         self.prices = prices
         self.providers = providers
@@ -87,7 +87,7 @@ class Gateway:
         config: GatewayConfig | None = None,
         *,
         admission: Admission,
-        gate: GateConfig,
+        retriever: Retriever,
     ) -> Gateway:
         """Build the providers and the ledger writer (``ConfigurationError`` on bad files).
 
@@ -109,7 +109,7 @@ class Gateway:
             batch_size=settings.ledger_batch_size,
             flush_interval=settings.ledger_flush_interval_seconds,
         )
-        return cls(settings, catalog, prices, providers, ledger, admission, gate, sessionmaker)
+        return cls(settings, catalog, prices, providers, ledger, admission, retriever, sessionmaker)
 
     async def start(self) -> None:
         self.ledger.start()
@@ -168,6 +168,6 @@ class Gateway:
                 user_id=call.principal.user.id,
                 query=query,
                 top_k=top_k or self.settings.gateway_top_k,
-                gate=self.gate,
+                retriever=self.retriever,
             )
         return retrieval.relevant

@@ -1,4 +1,4 @@
-"""``/v1``: the OpenAI-compatible surface (chat completions, models) for the ``openai`` SDKs."""
+"""``/v1``: the OpenAI-compatible surface (chat completions, embeddings, models) for the SDKs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from kiban.core.errors import AppError
 from kiban.gateway import flow
 from kiban.gateway.dependencies import GatewayDep
 from kiban.gateway.exceptions import openai_error_type
+from kiban.gateway.surfaces.embeddings import EMBEDDINGS, embedding_spec
 from kiban.gateway.surfaces.openai_chat import CHAT
 
 
@@ -49,6 +50,19 @@ async def chat_completions(
     return await flow.serve(CHAT, request, principal, gateway)
 
 
+@router.post("/embeddings", response_class=Response)
+async def embeddings(
+    request: Request, principal: GatewayPrincipal, gateway: GatewayDep
+) -> Response:
+    """OpenAI-compatible embeddings from the configured embedder, metered like chat."""
+    return await flow.serve(EMBEDDINGS, request, principal, gateway)
+
+
+def _embedding_model(gateway: Any) -> Any:
+    embedder = gateway.retriever.embedder
+    return embedding_spec(embedder) if embedder is not None else None
+
+
 def _model(spec: Any) -> dict[str, Any]:
     return {"id": spec.name, "object": "model", "created": 0, "owned_by": spec.owned_by}
 
@@ -57,11 +71,17 @@ def _model(spec: Any) -> dict[str, Any]:
 async def list_models(principal: GatewayPrincipal, gateway: GatewayDep) -> Response:
     """The models this kiban serves (OpenAI's list shape)."""
     data = [_model(gateway.catalog.models[name]) for name in gateway.catalog.names]
+    embedding = _embedding_model(gateway)
+    if embedding is not None:
+        data.append(_model(embedding))
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model}", response_class=Response)
 async def get_model(model: str, principal: GatewayPrincipal, gateway: GatewayDep) -> Response:
     """One model (OpenAI's shape), or an OpenAI-shaped 404."""
+    embedding = _embedding_model(gateway)
+    if embedding is not None and model == embedding.name:
+        return Response(orjson.dumps(_model(embedding)), media_type="application/json")
     spec = gateway.catalog.resolve(model)
     return Response(orjson.dumps(_model(spec)), media_type="application/json")

@@ -140,6 +140,16 @@ async def document_chunks(session: AsyncSession, document: Document) -> list[Doc
     return list(result.scalars())
 
 
+async def forget_owner(session: AsyncSession, owner_id: uuid.UUID) -> int:
+    """Remove every document a user owns, with their chunks, vectors and share of the term
+    statistics (before the user is deleted: a cascade alone would leave the statistics)."""
+    result = await session.execute(select(Document).where(Document.owner_id == owner_id))
+    owned = list(result.scalars())
+    for document in owned:
+        await remove_document(session, document)
+    return len(owned)
+
+
 async def delete_document(session: AsyncSession, user: User, document_id: uuid.UUID) -> None:
     """Delete a document the user owns (admins: any), with its chunks and index entries."""
     document = await get_document(session, user, document_id)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kiban.knowledge.analyzer import analyze
 from kiban.knowledge.chunking import DEFAULT_OVERLAP_CHARS, DEFAULT_TARGET_CHARS, chunk_text
 from kiban.knowledge.search import update_term_stats
+from kiban.knowledge.vectors import note_deleted_scope
 from kiban.models.knowledge import SHARED_SCOPE, Document, DocumentChunk, owner_scope
 from kiban.settings import Settings
 
@@ -143,7 +144,9 @@ async def _by_dedupe_key(session: AsyncSession, dedupe_key: str) -> Document | N
 
 
 async def remove_document(session: AsyncSession, document: Document) -> None:
-    """Delete a document, its chunks and their index entries, and update the term statistics."""
+    """Delete a document with its chunks, index entries and vectors; update the term statistics."""
+    # The vectors go with their chunks (ON DELETE CASCADE); the caches of this scope must know.
+    await note_deleted_scope(session, document.scope)
     # Chunks first and explicitly: their delete trigger takes them out of the FTS5 index. Only the
     # chunks this statement deleted leave the statistics: a concurrent delete of the same document
     # waits on their rows (PostgreSQL), then deletes none and subtracts nothing.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile, status
 
 from kiban.auth import CurrentUser
 from kiban.billing import PlanCatalogDep, grace, resolve_entitlement
@@ -27,6 +27,7 @@ from kiban.knowledge.schemas import (
     UploadedDocument,
     UploadResponse,
 )
+from kiban.knowledge.vectors import embedded_counts
 from kiban.models import User
 from kiban.models.knowledge import Document
 
@@ -46,7 +47,12 @@ def _uploaded(result: IndexedDocument) -> UploadedDocument:
     )
 
 
-def _out(document: Document, user: User) -> DocumentOut:
+def _retriever(request: Request) -> service.Retriever:
+    retriever: service.Retriever = request.app.state.retriever
+    return retriever
+
+
+def _out(document: Document, user: User, embedded: int | None = None) -> DocumentOut:
     return DocumentOut(
         document_id=document.id,
         filename=document.filename,
@@ -57,7 +63,18 @@ def _out(document: Document, user: User) -> DocumentOut:
         shared=document.shared,
         owned=document.owner_id == user.id,
         created_at=document.created_at,
+        embedded=embedded is not None and embedded >= document.chunk_count,
+        embedded_chunks=embedded or 0,
     )
+
+
+async def _embedded(
+    session: SessionDep, request: Request, docs: list[Document]
+) -> dict[object, int] | None:
+    embedder = _retriever(request).embedder
+    if embedder is None:
+        return None
+    return await embedded_counts(session, embedder.model, [d.id for d in docs])
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -77,6 +94,8 @@ async def upload_documents(
     user: CurrentUser,
     settings: SettingsDep,
     catalog: PlanCatalogDep,
+    request: Request,
+    background: BackgroundTasks,
     files: Annotated[list[UploadFile] | None, File(description="one or more files")] = None,
     file: Annotated[list[UploadFile] | None, File(description="alias of `files`")] = None,
     shared: Annotated[bool, Form(description="admins: usable by every user")] = False,
@@ -112,26 +131,31 @@ async def upload_documents(
         limits=entitlement.plan.documents,
     )
     items = [_uploaded(r) for r in results]
+    # After the response, so after the commit: the queue then finds the new chunks at once.
+    background.add_task(_retriever(request).notify)
     return UploadResponse(**items[0].model_dump(), documents=items)
 
 
 @router.get("/documents", response_model=DocumentList)
-async def list_documents(session: SessionDep, user: CurrentUser) -> DocumentList:
-    """Your documents and the shared ones, newest first."""
+async def list_documents(session: SessionDep, user: CurrentUser, request: Request) -> DocumentList:
+    """Your documents and the shared ones, newest first, each saying whether it is embedded."""
+    docs = await documents.list_documents(session, user)
+    counts = await _embedded(session, request, docs)
     return DocumentList(
-        documents=[_out(d, user) for d in await documents.list_documents(session, user)]
+        documents=[_out(d, user, None if counts is None else counts.get(d.id, 0)) for d in docs]
     )
 
 
 @router.get("/documents/{document_id}", response_model=DocumentDetail)
 async def get_document(
-    document_id: uuid.UUID, session: SessionDep, user: CurrentUser
+    document_id: uuid.UUID, session: SessionDep, user: CurrentUser, request: Request
 ) -> DocumentDetail:
     """A document with its chunks and their offsets in the text."""
     document = await documents.get_document(session, user, document_id)
     chunks = await documents.document_chunks(session, document)
+    counts = await _embedded(session, request, [document])
     return DocumentDetail(
-        **_out(document, user).model_dump(),
+        **_out(document, user, None if counts is None else counts.get(document.id, 0)).model_dump(),
         chunk_list=[
             ChunkOut(
                 chunk_id=c.id,
@@ -161,7 +185,7 @@ async def search_documents(
         user_id=user.id,
         query=body.query,
         top_k=body.top_k,
-        gate=request.app.state.knowledge_gate,
+        retriever=_retriever(request),
     )
     return SearchResponse(
         results=[
@@ -181,12 +205,17 @@ async def search_documents(
 
 @router.post("/seed", response_model=SeedResponse)
 async def seed_documents(
-    session: SessionDep, user: CurrentUser, settings: SettingsDep
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    request: Request,
+    background: BackgroundTasks,
 ) -> SeedResponse:
     """Load the built-in sample documents (shared; idempotent). Admin-only outside development."""
     if settings.env != "development" and not user.is_admin:
         raise exc.SeedRequiresAdmin()
     results = await documents.seed(session, ChunkingOptions.from_settings(settings))
+    background.add_task(_retriever(request).notify)
     return SeedResponse(
         documents=[_uploaded(r) for r in results], created=sum(r.created for r in results)
     )

@@ -34,6 +34,11 @@ class DocumentOut(BaseModel):
     shared: bool
     owned: bool = Field(description="the caller uploaded it")
     created_at: datetime
+    embedded: bool = Field(
+        description="every chunk has a vector of the active embedding model (false while the "
+        "background queue works, and always when no embedder is configured)"
+    )
+    embedded_chunks: int = Field(description="chunks with a vector of the active model")
 
 
 class ChunkOut(BaseModel):

@@ -8,7 +8,13 @@ from kiban.models.billing import (
     SubscriptionState,
     WebhookEvent,
 )
-from kiban.models.knowledge import Document, DocumentChunk, KnowledgeTerm
+from kiban.models.knowledge import (
+    ChunkVector,
+    Document,
+    DocumentChunk,
+    KnowledgeTerm,
+    KnowledgeVectorVersion,
+)
 from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation, QuotaSettlement
 from kiban.models.rollup import (
     UsageHistogramDaily,
@@ -27,9 +33,11 @@ __all__ = [
     "Base",
     "BillingCustomer",
     "BillingSubscription",
+    "ChunkVector",
     "Document",
     "DocumentChunk",
     "KnowledgeTerm",
+    "KnowledgeVectorVersion",
     "LoginAttempt",
     "QuotaPeriod",
     "QuotaReservation",

@@ -1,4 +1,4 @@
-"""Documents for grounded answers, their chunks, and the term statistics BM25 needs.
+"""Documents for grounded answers, their chunks, the term statistics BM25 needs, their vectors.
 
 The full-text index itself is not a model: it is the database's own engine, created by the
 knowledge migration (``knowledge_fts``: an FTS5 table on SQLite, a ``tsvector`` table with a GIN
@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.core import clock
@@ -83,3 +83,43 @@ class KnowledgeTerm(Base):
     term: Mapped[str] = mapped_column(String(255), primary_key=True)
     df: Mapped[int] = mapped_column(BigInteger, default=0)
     cf: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ChunkVector(Base):
+    """A chunk's embedding by one model: float32, little-endian, L2-normalized.
+
+    One row per chunk and model, so a model change re-embeds without losing the old vectors
+    until they are dropped. ``id`` grows with every insert: a process's cache of the shared
+    vectors loads only the rows past the last one it saw (``KnowledgeVectorVersion``).
+    """
+
+    __tablename__ = "chunk_vectors"
+    __table_args__ = (
+        UniqueConstraint("chunk_id", "model"),
+        Index("ix_chunk_vectors_model_scope_id", "model", "scope", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    chunk_id: Mapped[int] = mapped_column(
+        BigIntPK, ForeignKey("document_chunks.id", ondelete="CASCADE")
+    )
+    model: Mapped[str] = mapped_column(String(120))
+    # The chunk's scope, copied: search filters vectors by it in SQL, as it filters chunks.
+    scope: Mapped[str] = mapped_column(String(40))
+    dimensions: Mapped[int] = mapped_column()
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class KnowledgeVectorVersion(Base):
+    """How many times the vectors of one model and scope changed (cache invalidation).
+
+    ``version`` grows with every write, ``deletions`` with every delete: a cache at the same
+    version is current; one at the same ``deletions`` only needs the rows with a larger id.
+    """
+
+    __tablename__ = "knowledge_vector_versions"
+
+    model: Mapped[str] = mapped_column(String(120), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    deletions: Mapped[int] = mapped_column(BigInteger, default=0)
