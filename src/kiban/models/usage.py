@@ -68,7 +68,14 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Prompt tokens read from a cache (OpenAI's cached_tokens, Anthropic's cache_read_input_tokens).
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Anthropic's cache_creation_input_tokens (prompt tokens written to its cache, priced apart).
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The configured deployment that answered (NULL: the built-in engine, or no upstream reached),
+    # and how many upstream attempts the call took across retries and failovers.
+    deployment: Mapped[str | None] = mapped_column(String(64), default=None)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     # Exact decimal USD; NULL when the model has no price (never a silent 0).
     estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(20, 10), default=None)
     response_time_ms: Mapped[float] = mapped_column(default=0.0)
