@@ -247,7 +247,20 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  {'':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'timeouts':>8}")
         sat = {}
         for name, (url, token) in targets.items():
+            spy = None
+            if name == "kiban" and args.py_spy:  # py-spy's raw (collapsed) stacks of the run
+                spy = await asyncio.create_subprocess_exec(
+                    *(args.py_spy, "record", "-p", str(servers["kiban"].pid), "--subprocesses"),
+                    *("-r", "200", "--gil", "--format", "raw"),
+                    *("-o", str(workdir / "profile.txt"), "-d", str(int(args.seconds) + 2)),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1)
             sat[name] = wrk.run(url, token, args.connections, args.seconds)
+            if spy is not None:
+                await asyncio.wait_for(spy.wait(), 30)
+                print(f"  profile of kiban: {workdir / 'profile.txt'}")
             r = sat[name]
             print(
                 f"  {name:8} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['bad']:8.0f}"
@@ -292,4 +305,5 @@ if __name__ == "__main__":
     parser.add_argument("--redis-url", default=None, help="quotas in Redis (KIBAN_QUOTA_BACKEND)")
     parser.add_argument("--floor-dir", type=Path, default=FLOOR_DIR)
     parser.add_argument("--litellm", default=None, help="LiteLLM's `litellm` command, to compare")
+    parser.add_argument("--py-spy", default=None, help="py-spy's path: profile kiban's saturation")
     asyncio.run(main(parser.parse_args()))

@@ -70,12 +70,14 @@ class UsageRecord(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     # Prompt tokens read from a cache (OpenAI's cached_tokens, Anthropic's cache_read_input_tokens).
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The three below have only server defaults: an INSERT built from a record's keys (the settle
+    # paths) must leave an absent one to the database, not bind a Python default as NULL.
     # Anthropic's cache_creation_input_tokens (prompt tokens written to its cache, priced apart).
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # The configured deployment that answered (NULL: the built-in engine, or no upstream reached),
     # and how many upstream attempts the call took across retries and failovers.
     deployment: Mapped[str | None] = mapped_column(String(64), default=None)
-    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(server_default="0")
     # Exact decimal USD; NULL when the model has no price (never a silent 0).
     estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(20, 10), default=None)
     response_time_ms: Mapped[float] = mapped_column(default=0.0)
