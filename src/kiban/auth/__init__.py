@@ -15,8 +15,10 @@ from kiban.auth.dependencies import (
     KeyRingDep,
     Principal,
     TokenUser,
+    authenticate_gateway,
     bearer_credentials,
     get_admin_user,
+    get_gateway_principal,
     get_principal,
 )
 from kiban.auth.exceptions import AuthenticationError, RoleRequired, TokenExpired
@@ -42,9 +44,11 @@ __all__ = [
     "TokenExpired",
     "TokenUser",
     "UserOut",
+    "authenticate_gateway",
     "bearer_credentials",
     "create_api_key",
     "get_admin_user",
+    "get_gateway_principal",
     "get_principal",
     "list_api_keys",
     "logout",

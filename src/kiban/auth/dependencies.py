@@ -101,21 +101,29 @@ async def get_principal(
 
 
 async def get_gateway_principal(
-    request: Request,
-    token: Annotated[str, Depends(bearer_credentials)],
-    settings: SettingsDep,
-    keyring: KeyRingDep,
-    sessionmaker: SessionmakerDep,
-    key_cache: KeyCacheDep,
+    request: Request, _token: Annotated[str, Depends(bearer_credentials)]
 ) -> Principal:
     """``get_principal`` for routes with no database work of their own (the AI gateway).
+
+    Declared as a dependency (the OpenAPI schema shows the bearer scheme); the gateway's routes
+    call ``authenticate_gateway`` themselves, without FastAPI's per-request dependency solving.
+    """
+    return await authenticate_gateway(request)
+
+
+async def authenticate_gateway(request: Request) -> Principal:
+    """The gateway's caller, from the request and the app's start-up state alone.
 
     No request session: an API key the cache holds costs no database work at all, and a miss
     or an access token reads in a short session of its own. The user is detached, and for
     a cached key one instance serves every request: read it, never change it.
     """
+    token = await bearer_credentials(request)
+    state = request.app.state
     if looks_like_api_key(token):
-        found_key = await authenticate_api_key(None, sessionmaker, token, key_cache, shared=True)
+        found_key = await authenticate_api_key(
+            None, state.sessionmaker, token, state.api_key_cache, shared=True
+        )
         principal = Principal(
             user=found_key.user,
             api_key_id=found_key.api_key_id,
@@ -123,8 +131,8 @@ async def get_gateway_principal(
             key_has_limits=found_key.has_own_limits,
         )
     else:
-        claims = verify_access_token(keyring, settings, token)
-        async with sessionmaker() as session:
+        claims = verify_access_token(state.keyring, state.settings, token)
+        async with state.sessionmaker() as session:
             found = await session.get(User, claims.sub)
         if found is None:
             raise exc.UserNotFound()

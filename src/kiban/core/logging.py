@@ -14,6 +14,8 @@ import logging
 import logging.handlers
 import queue
 import sys
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -28,15 +30,22 @@ def _add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _stamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The moment the event was logged (its record's), though it is rendered later."""
+    record = event.get("_record")
+    moment = record.created if record is not None else time.time()
+    stamp = datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+    event.setdefault("timestamp", stamp)
+    return event
+
+
 def configure_logging(*, json: bool, level: str = "INFO") -> None:
-    """Configure structlog and route stdlib logging (uvicorn, sqlalchemy) through it."""
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        _add_request_id,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    """Configure structlog and route stdlib logging (uvicorn, sqlalchemy) through it.
+
+    On the event loop an event is only filtered by level and given the request's context; its
+    level, logger name and timestamp (the record's) are added in the listener thread."""
+    context: list[Any] = [structlog.contextvars.merge_contextvars, _add_request_id]
+    labels: list[Any] = [structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, _stamp]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
@@ -48,7 +57,11 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         )
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *context,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -56,8 +69,9 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=context,
             processors=[
+                *labels,
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if json else lambda _l, _m, e: e,
                 renderer,

@@ -14,12 +14,13 @@ from kiban.core.errors import Forbidden
 from kiban.gateway import flow
 from kiban.gateway.dependencies import GatewayDep
 from kiban.gateway.logs import list_records
+from kiban.gateway.route import GatewayRoute
 from kiban.gateway.schemas import AskRequest, AskResponse, LogEntry, LogPage
 from kiban.gateway.surfaces import ask
 from kiban.models import UsageStatus
 from kiban.usage import RecordFilter
 
-router = APIRouter(prefix="/ai", tags=["ai"])
+router = APIRouter(prefix="/ai", tags=["ai"], route_class=GatewayRoute)
 
 _ASK_BODY: dict[str, Any] = {
     "requestBody": {

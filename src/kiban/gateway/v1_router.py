@@ -7,18 +7,18 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
 
 from kiban.auth import GatewayPrincipal
 from kiban.core.errors import AppError
 from kiban.gateway import flow
 from kiban.gateway.dependencies import GatewayDep
 from kiban.gateway.exceptions import openai_error_type
+from kiban.gateway.route import GatewayRoute
 from kiban.gateway.surfaces.embeddings import EMBEDDINGS, embedding_spec
 from kiban.gateway.surfaces.openai_chat import CHAT
 
 
-class OpenAIErrorRoute(APIRoute):
+class OpenAIErrorRoute(GatewayRoute):
     """Errors on ``/v1`` also carry OpenAI's ``type`` and ``param``, so SDKs parse them."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -14,6 +14,7 @@ UTC datetimes as naive ``YYYY-MM-DD HH:MM:SS.ffffff``), so rows written either w
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -56,18 +57,28 @@ class Prepared:
         self.names: Sequence[str] = getattr(self.compiled, "positiontup", None) or ()
 
     def bind(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        values = self.compiled.construct_params(params) or {}
-        return tuple(_value(values[name]) for name in self.names)
+        try:  # every parameter given by name: the common case, without SQLAlchemy's generic pass
+            return tuple([_value(params[name]) for name in self.names])
+        except KeyError:  # a literal the statement holds itself
+            values = self.compiled.construct_params(params) or {}
+            return tuple(_value(values[name]) for name in self.names)
 
     def bind_typed(self, params: dict[str, Any]) -> tuple[Any, ...]:
         """Bound through the columns' own types (JSON, Numeric, UTC datetimes, UUIDs), as
         SQLAlchemy would: for rows other code reads back through the ORM (the ledger)."""
-        values = self.compiled.construct_params(params) or {}
-        processors = self.compiled._bind_processors  # type: ignore[attr-defined]
+        try:
+            values = [params[name] for name in self.names]
+        except KeyError:
+            given = self.compiled.construct_params(params) or {}
+            values = [given[name] for name in self.names]
         return tuple(
-            processors[name](values[name]) if name in processors else values[name]
-            for name in self.names
+            [v if p is None else p(v) for p, v in zip(self._processors, values, strict=True)]
         )
+
+    @functools.cached_property
+    def _processors(self) -> list[Callable[[Any], Any] | None]:
+        processors = self.compiled._bind_processors  # type: ignore[attr-defined]
+        return [processors.get(name) for name in self.names]
 
 
 class RawSqlite:
