@@ -251,7 +251,7 @@ async def main(args: argparse.Namespace) -> None:
             if name == "kiban" and args.py_spy:  # py-spy's raw (collapsed) stacks of the run
                 spy = await asyncio.create_subprocess_exec(
                     *(args.py_spy, "record", "-p", str(servers["kiban"].pid), "--subprocesses"),
-                    *("-r", "200", "--gil", "--format", "raw"),
+                    *("-r", "200", "--format", "raw", "--threads"),
                     *("-o", str(workdir / "profile.txt"), "-d", str(int(args.seconds) + 2)),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

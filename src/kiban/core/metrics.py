@@ -6,7 +6,18 @@ templates (not raw paths), model names from the models file, status words.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@functools.cache
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set (``labels`` validates and locks
+    on every call). For label values from a bounded set only: models, endpoints, statuses."""
+    return metric.labels(*labels)
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

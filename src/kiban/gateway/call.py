@@ -27,7 +27,7 @@ import structlog
 from kiban.auth import Principal
 from kiban.core import clock
 from kiban.core.errors import AppError
-from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT
+from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT, child
 from kiban.gateway.admission import Admission, AdmissionRequest, Ticket, Usage
 from kiban.gateway.catalog import ModelSpec
 from kiban.gateway.pricing import PriceTable
@@ -239,15 +239,15 @@ class Call:
         }
 
     def _observe(self, outcome: Outcome, label: str) -> None:
-        AI_REQUESTS.labels(label, self.endpoint, outcome.status).inc()
+        child(AI_REQUESTS, label, self.endpoint, outcome.status).inc()
         if outcome.usage.prompt_tokens:
-            AI_TOKENS.labels(label, "prompt").inc(outcome.usage.prompt_tokens)
+            child(AI_TOKENS, label, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:
-            AI_TOKENS.labels(label, "completion").inc(outcome.usage.completion_tokens)
+            child(AI_TOKENS, label, "completion").inc(outcome.usage.completion_tokens)
         if outcome.cost:
-            AI_COST.labels(label).inc(float(outcome.cost))
+            child(AI_COST, label).inc(float(outcome.cost))
         if outcome.ttft_ms is not None:
-            AI_TTFT.labels(label).observe(outcome.ttft_ms / 1000)
+            child(AI_TTFT, label).observe(outcome.ttft_ms / 1000)
         self.log_fields.update(
             model=outcome.model,
             ai_status=outcome.status,
