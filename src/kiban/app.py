@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -37,6 +38,25 @@ _NO_TELEMETRY: TelemetryConfig = {
     "logs": False,
     "operation_spans": False,
 }
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up built out of the garbage collector's reach, once per process.
+
+    It (about 200,000 objects: routes, models, tables, the tokenizer and the analyzer) lives as
+    long as the server, yet every full collection walked it: a 100 ms pause under load, in
+    the p99 and the streams' time to first token. Frozen, a full collection walks only what
+    requests create. Once per process: a test process builds many apps and must still collect
+    those it drops.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 env=settings.env,
                 database=engine.url.render_as_string(),
             )
+            _freeze_startup_objects()
             yield
         log.info("stopped")
 
