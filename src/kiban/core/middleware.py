@@ -6,7 +6,6 @@ and must not buffer streamed responses.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiban.core import ids
 from kiban.core.context import request_id_var
 from kiban.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -60,7 +60,7 @@ class RequestContextMiddleware:
                     request_id = candidate
                 break
         if request_id is None:
-            request_id = os.urandom(16).hex()  # a uuid4's randomness, without the UUID object
+            request_id = ids.request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()

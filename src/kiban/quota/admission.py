@@ -11,7 +11,6 @@ once). Rate-limit and quota headers ride on ``Ticket.headers``.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.billing import Entitlement, PlanCatalog, resolve_entitlement, unsubscribed_entitlement
-from kiban.core import clock
+from kiban.core import clock, ids
 from kiban.core.metrics import LEDGER_WRITTEN, QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway import AdmissionRequest, Ticket, Usage
 from kiban.models import User
@@ -213,7 +212,7 @@ class QuotaAdmission:
             self.cost_bound(request.model, request.prompt_tokens, cap) if self.cost_bound else None
         )
         return Reservation(
-            id=uuid.uuid4(),
+            id=ids.unique_uuid(),
             user_id=user.id,
             period_start=entitlement.period_start,
             period_end=entitlement.period_end,
