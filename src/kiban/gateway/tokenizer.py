@@ -9,7 +9,7 @@ cut short; whenever the upstream reports usage, the upstream's numbers win.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -44,13 +44,19 @@ def message_text(content: Any) -> str:
     return ""
 
 
+@lru_cache(maxsize=256)
+def _role_tokens(role: str, encoding_name: str) -> int:
+    """A role's tokens: a handful of short strings, counted once each."""
+    return int(encoding(encoding_name).count(role))
+
+
 def count_messages(messages: Iterable[dict[str, Any]], encoding_name: str = "o200k_base") -> int:
     """Prompt tokens of a chat request, counted the way OpenAI bills chat messages."""
     enc = encoding(encoding_name)
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
-        total += enc.count(str(message.get("role", "")))
+        total += _role_tokens(str(message.get("role", "")), encoding_name)
         text = message_text(message.get("content"))
         if text:
             total += enc.count(text)
