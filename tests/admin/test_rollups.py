@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from alembic import command
 from fastapi import FastAPI
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, MetaData, Table, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
@@ -171,9 +171,30 @@ async def test_the_migration_backfills_the_rollups_from_an_existing_ledger(
         sessionmaker = create_sessionmaker(engine)
         async with sessionmaker() as session:
             user = await create_user(session)
-            records = make_records(300, [user.id, None], seed=11)
-            session.add_all(records)
             await session.commit()
+        records = make_records(300, [user.id, None], seed=11)
+        async with engine.begin() as conn:
+            # The ledger as it was at 0007: the ORM model has grown columns since.
+            existing = await conn.run_sync(
+                lambda sync: {c["name"] for c in inspect(sync).get_columns("usage_records")}
+            )
+            then = Table("usage_records", MetaData())
+            defaults: dict[str, Any] = {}
+            for column in UsageRecord.__table__.c:
+                if column.key in existing and column.key != "id":
+                    if column.default is not None and column.default.is_scalar:
+                        defaults[column.key] = column.default.arg
+                    copy = column._copy()
+                    copy.default = None  # write what the rows hold, nothing the model adds
+                    then.append_column(copy)
+            rows = [
+                {
+                    c.key: defaults.get(c.key) if getattr(r, c.key) is None else getattr(r, c.key)
+                    for c in then.c
+                }
+                for r in records
+            ]
+            await conn.execute(insert(then), rows)
         await upgrade(engine)
         async with sessionmaker() as session:
             await assert_rollups_match_ledger(session)

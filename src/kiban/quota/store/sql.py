@@ -64,6 +64,8 @@ from kiban.quota.store.sql_statements import (
     big,
     create_period,
     key_window_statement,
+    pg_settle,
+    pg_settle_params,
     pg_statements,
     record_settlement,
     settle_values,
@@ -113,6 +115,9 @@ class SqlQuotaStore:
         )
         if self._pg:
             self._reserve_pg, self._settle_pg = pg_statements(self._take)
+            # The settle with a record, one statement per shape (the record's columns, the
+            # number of rows per rollup table).
+            self._settle_pg_shapes: dict[tuple[Any, ...], Any] = {}
         else:
             self._raw = RawSqlite(self._engine)
 
@@ -322,12 +327,17 @@ class SqlQuotaStore:
     async def _settle_and_record_pg(
         self, params: dict[str, Any], record: dict[str, Any]
     ) -> SettleResult:
-        async with self._write() as conn:
-            held = (await conn.execute(self._settle_pg, params)).scalar()
-            if held is None:
-                return "duplicate"  # its record was written with the first
-            await write_records(conn, [record])
-        return "settled" if held else "late"
+        """The settle, its ledger record and its rollups in ONE statement (``pg_settle``)."""
+        rollups = rollup_rows([record])
+        shape = (tuple(record), tuple(len(rows) for rows in rollups))
+        statement = self._settle_pg_shapes.get(shape)
+        if statement is None:
+            statement = self._settle_pg_shapes[shape] = pg_settle(*shape)
+        async with self._engine.connect() as conn:  # autocommit: the statement is the transaction
+            held = (
+                await conn.execute(statement, pg_settle_params(params, record, rollups))
+            ).scalar()
+        return "duplicate" if held is None else "settled" if held else "late"
 
     # --- expiry, reads, grants -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ used and ``docs/decisions/0030`` and ``0031`` for why they look like this.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -32,14 +34,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kiban.core import clock
+from kiban.models import UsageRecord
 from kiban.models.base import UTCDateTime
 from kiban.models.quota import ApiKeyLimit, QuotaPeriod, QuotaReservation, QuotaSettlement
 from kiban.quota.store.base import QuotaState
+from kiban.usage import UPSERTS
 
 K = cast(Table, ApiKeyLimit.__table__)
 P = cast(Table, QuotaPeriod.__table__)
 R = cast(Table, QuotaReservation.__table__)
 S = cast(Table, QuotaSettlement.__table__)
+U = cast(Table, UsageRecord.__table__)
 STATE_COLUMNS = (
     P.c.used_tokens,
     P.c.reserved_tokens,
@@ -227,8 +232,19 @@ def pg_statements(take: Any) -> tuple[Any, Any]:
         ),
     )
     reserve = select(taken).add_cte(record.cte("recorded"))
-    # Settle: record the reservation's id (nothing more happens if it was settled before), free
-    # its hold if it has not expired, add the usage; one statement, one transaction.
+    return reserve, pg_settle()
+
+
+def pg_settle(record_columns: Sequence[str] = (), rollup_rows: Sequence[int] = ()) -> Any:
+    """PostgreSQL's settle: ONE statement through data-modifying CTEs, returning the number of
+    holds it freed (NULL: this reservation was settled before, and nothing was written).
+
+    Record the reservation's id (nothing more happens if it was settled before), free its hold
+    if it has not expired, add the usage. With ``record_columns``, the call's ledger record
+    (parameters ``r_<column>``) and its rollup rows (``rollup_rows[t]`` rows for the t-th table
+    of ``UPSERTS``, parameters ``u<t>_<i>_<column>``) are written by the same statement, each
+    only if the settlement is new: one round trip instead of a transaction of seven.
+    """
     recorded = record_settlement("postgresql").cte("recorded")
     first_time = exists(select(recorded.c.id))
     released = (
@@ -248,4 +264,43 @@ def pg_statements(take: Any) -> tuple[Any, Any]:
         .add_cte(recorded)
         .add_cte(released)
     )
-    return reserve, settle
+    if record_columns:
+        ledger = insert(U).from_select(
+            list(record_columns),
+            select(*(bindparam(f"r_{c}", type_=U.c[c].type) for c in record_columns)).where(
+                first_time
+            ),
+        )
+        settle = settle.add_cte(ledger.cte("ledger"))
+    for t, (table, keys, figures) in enumerate(UPSERTS):
+        count = rollup_rows[t] if rollup_rows else 0
+        if not count:
+            continue
+        names = (*keys, *figures)
+        rows = [
+            select(*(bindparam(f"u{t}_{i}_{n}", type_=table.c[n].type) for n in names)).where(
+                first_time
+            )
+            for i in range(count)
+        ]
+        upsert = pg_insert(table).from_select(
+            list(names), rows[0] if count == 1 else union_all(*rows)
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={n: table.c[n] + upsert.excluded[n] for n in figures},
+        )
+        settle = settle.add_cte(upsert.cte(f"rollup{t}"))
+    return settle
+
+
+def pg_settle_params(
+    params: dict[str, Any], record: dict[str, Any], rollups: Sequence[Sequence[dict[str, Any]]]
+) -> dict[str, Any]:
+    """``pg_settle``'s parameters for a record and its rollup rows (``rollup_rows([record])``)."""
+    bound = dict(params)
+    bound.update({f"r_{c}": v for c, v in record.items()})
+    for t, rows in enumerate(rollups):
+        for i, row in enumerate(rows):
+            bound.update({f"u{t}_{i}_{n}": v for n, v in row.items()})
+    return bound
