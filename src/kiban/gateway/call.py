@@ -27,11 +27,11 @@ import structlog
 from kiban.auth import Principal
 from kiban.core import clock
 from kiban.core.errors import AppError
-from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT
+from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT, DEPLOYMENT_REQUESTS
 from kiban.gateway.admission import Admission, AdmissionRequest, Ticket, Usage
 from kiban.gateway.catalog import ModelSpec
 from kiban.gateway.pricing import PriceTable
-from kiban.gateway.providers.base import TokenUsage
+from kiban.gateway.providers.base import Route, TokenUsage
 from kiban.models import UsageStatus
 
 log = structlog.get_logger("kiban.gateway")
@@ -93,6 +93,7 @@ class Call:
     first_token_at: float | None = None
     handed_off: bool = False  # a streaming response owns the finish now
     outcome: Outcome | None = None
+    route: Route | None = None  # where an upstream model's request went (the router fills it)
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -211,6 +212,7 @@ class Call:
         self, outcome: Outcome, model: ModelSpec | None, error_code: str | None, text: str | None
     ) -> dict[str, Any]:
         policy = self.recorder.content_policy
+        route = self.route
         return {
             "request_id": self.request_id,
             "created_at": self.created_at,
@@ -219,7 +221,8 @@ class Call:
             "plan": self.ticket.plan if self.ticket else None,
             "endpoint": self.endpoint,
             "model": outcome.model[:128],
-            "provider": model.provider if model else "none",
+            "provider": (route.kind if route and route.kind else None)
+            or (model.provider if model else "none"),
             "streamed": self.streamed,
             "status": outcome.status,
             "error_code": error_code,
@@ -227,6 +230,8 @@ class Call:
             "completion_tokens": outcome.usage.completion_tokens,
             "total_tokens": outcome.usage.total_tokens,
             "cached_tokens": outcome.usage.cached_tokens,
+            "deployment": route.deployment if route else None,
+            "attempts": route.attempts if route else 0,
             "estimated_cost": outcome.cost,
             "response_time_ms": outcome.response_time_ms,
             "time_to_first_token_ms": outcome.ttft_ms,
@@ -240,6 +245,8 @@ class Call:
 
     def _observe(self, outcome: Outcome, label: str) -> None:
         AI_REQUESTS.labels(label, self.endpoint, outcome.status).inc()
+        if self.route is not None and self.route.deployment is not None:
+            DEPLOYMENT_REQUESTS.labels(self.route.deployment, outcome.status).inc()
         if outcome.usage.prompt_tokens:
             AI_TOKENS.labels(label, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:

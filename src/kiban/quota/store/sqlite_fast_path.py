@@ -54,14 +54,27 @@ class Prepared:
         self.compiled: Compiled = statement.compile(dialect=dialect)
         self.sql = self.compiled.string
         self.names: Sequence[str] = getattr(self.compiled, "positiontup", None) or ()
+        # An INSERT names every column with a Python-side default, and ``construct_params``
+        # leaves those the caller did not give as NULL (the ORM fills them at execution, which
+        # this path skips): fill in the scalar ones, so a column added later with a default
+        # (``attempts``, ``cache_write_tokens``) needs no change to the callers' rows.
+        self.defaults = {
+            column.key: column.default.arg
+            for column in getattr(self.compiled, "insert_prefetch", None) or ()
+            if column.default is not None and column.default.is_scalar
+        }
 
     def bind(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        if self.defaults:
+            params = {**self.defaults, **params}
         values = self.compiled.construct_params(params) or {}
         return tuple(_value(values[name]) for name in self.names)
 
     def bind_typed(self, params: dict[str, Any]) -> tuple[Any, ...]:
         """Bound through the columns' own types (JSON, Numeric, UTC datetimes, UUIDs), as
         SQLAlchemy would: for rows other code reads back through the ORM (the ledger)."""
+        if self.defaults:
+            params = {**self.defaults, **params}
         values = self.compiled.construct_params(params) or {}
         processors = self.compiled._bind_processors  # type: ignore[attr-defined]
         return tuple(
