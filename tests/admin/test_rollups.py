@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from alembic import command
 from fastapi import FastAPI
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, MetaData, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
@@ -171,9 +171,30 @@ async def test_the_migration_backfills_the_rollups_from_an_existing_ledger(
         sessionmaker = create_sessionmaker(engine)
         async with sessionmaker() as session:
             user = await create_user(session)
-            records = make_records(300, [user.id, None], seed=11)
-            session.add_all(records)
-            await session.commit()
+        records = make_records(300, [user.id, None], seed=11)
+        # The ledger as it was at 0007: the columns added since (0014's) are not there yet.
+        async with engine.begin() as conn:
+            there = await conn.run_sync(
+                lambda sync: {
+                    c.name for c in Table("usage_records", MetaData(), autoload_with=sync).c
+                }
+            )
+            current = UsageRecord.__table__.columns
+            old = Table(
+                "usage_records", MetaData(), *[c._copy() for c in current if c.name in there]
+            )
+            defaults = {c.name: c.default.arg for c in old.c if c.default is not None}
+            rows = [
+                {
+                    c.name: defaults.get(c.name)
+                    if getattr(r, c.name) is None
+                    else getattr(r, c.name)
+                    for c in old.c
+                    if c.name != "id"
+                }
+                for r in records
+            ]
+            await conn.execute(insert(old), rows)
         await upgrade(engine)
         async with sessionmaker() as session:
             await assert_rollups_match_ledger(session)

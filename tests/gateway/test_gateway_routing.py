@@ -24,8 +24,10 @@ from kiban.core import clock
 from kiban.core.metrics import REGISTRY
 from kiban.gateway import GatewayConfig
 from kiban.models import UsageRecord
+from kiban.models.user import Role
 from kiban.settings import ConfigurationError, Settings
-from tests.conftest import RunningApp, auth_headers, create_user
+from tests.admin.test_dashboard_pages import sign_in
+from tests.conftest import RunningApp, auth_headers, create_user, make_client
 from tests.factories import ledger
 from tests.gateway.gateway_helpers import DEFAULT_REPLY, FakeUpstream, Fault
 
@@ -423,3 +425,31 @@ async def test_the_redis_quota_backend_records_the_deployment_and_attempts(
         records = await ledger(app)
     assert [(r.deployment, r.attempts) for r in records] == [("b", 2), ("b", 1), ("b", 2), ("b", 1)]
     await assert_quota_matches_ledger(app, user, records)
+
+
+# --- where health is shown -----------------------------------------------------------------------
+
+
+async def test_metrics_and_the_dashboard_show_each_deployments_health(
+    two: Callable[..., RunningApp], upstream: FakeUpstream
+) -> None:
+    def attempts(name: str, outcome: str) -> float:
+        labels = {"deployment": name, "outcome": outcome}
+        return REGISTRY.get_sample_value("kiban_deployment_attempts_total", labels) or 0.0
+
+    before = attempts("a", "error"), attempts("b", "ok")
+    upstream.always = Fault.error(500)
+    async with two() as app, sdk(app) as (client, _):
+        for _ in range(6):
+            await ask(client)
+        async with app.state.sessionmaker() as session:
+            admin = await create_user(session, role=Role.ADMIN)
+        async with make_client(app) as browser:
+            assert (await sign_in(browser, admin.email)).status_code == 303
+            page = (await browser.get("/admin")).text
+            metrics = (await browser.get("/metrics")).text
+    assert (attempts("a", "error") - before[0], attempts("b", "ok") - before[1]) == (3, 6)
+    assert 'data-deployment="a" data-state="open"' in page
+    assert 'data-deployment="b" data-state="closed"' in page
+    assert 'kiban_deployment_breaker_state{deployment="a"} 2.0' in metrics
+    assert "kiban_deployment_attempt_duration_seconds_bucket" in metrics
