@@ -202,6 +202,10 @@ class FakeUpstream:
                     return
         path = scope["path"]
         if scope["method"] == "GET" and path.endswith("/models"):
+            fault = self._next_fault()
+            if fault is not None and fault.kind == "status":
+                await _json(send, fault.status, {"error": {"message": "fake", "code": None}})
+                return
             await _json(
                 send,
                 200,
