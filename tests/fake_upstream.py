@@ -422,6 +422,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--always-status", type=int, default=None, help="fail every request with this status"
+    )
     args = parser.parse_args()
     fake = FakeUpstream(
         host=args.host,
@@ -429,6 +432,7 @@ def main() -> None:
         latency_ms=args.latency_ms,
         chunk_delay_ms=args.chunk_delay_ms,
         keep_requests=False,
+        always=None if args.always_status is None else Fault.error(args.always_status),
     )
     config = uvicorn.Config(
         fake, host=args.host, port=args.port, log_level="warning", access_log=False
