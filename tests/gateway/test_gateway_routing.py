@@ -453,3 +453,24 @@ async def test_metrics_and_the_dashboard_show_each_deployments_health(
     assert 'data-deployment="b" data-state="closed"' in page
     assert 'kiban_deployment_breaker_state{deployment="a"} 2.0' in metrics
     assert "kiban_deployment_attempt_duration_seconds_bucket" in metrics
+
+
+async def test_streams_cut_midway_take_a_deployment_out_of_the_rotation(
+    two: Callable[..., RunningApp], upstream: FakeUpstream, upstream_b: FakeUpstream
+) -> None:
+    # Each cut stream is the client's failure (a chunk had reached it), but the deployment that
+    # cut it is counted as failing: after three, the others carry its traffic.
+    upstream.always = Fault.cut(after_chunks=2)
+    async with two() as app, sdk(app) as (client, user):
+        outcomes = []
+        for _ in range(10):
+            try:
+                outcomes.append(await ask(client, stream=True) == DEFAULT_REPLY)
+            except openai.APIError:
+                outcomes.append(False)
+        records = await ledger(app)
+    assert outcomes.count(False) == 3
+    assert all(outcomes[5:])
+    assert [r.deployment for r in records if r.status == "error"] == ["a"] * 3
+    assert breaker("a") == 2
+    await assert_quota_matches_ledger(app, user, records)

@@ -333,10 +333,11 @@ class Router:
         else:
             DEPLOYMENT_LATENCY.labels(name).observe(time.perf_counter() - started)
             DEPLOYMENT_ATTEMPTS.labels(name, "ok").inc()
-            health.succeeded(probe)
             if holds and isinstance(result, CompletionStream):
-                self._hold(member, result)
+                self._hold(member, result, probe)  # judged when the stream ends
                 held = True
+            else:
+                health.succeeded(probe)
             return result
         finally:
             if not held:
@@ -353,10 +354,23 @@ class Router:
             health.succeeded(probe)
         raise _Failed(error, disposition)
 
-    def _hold(self, member: Member, stream: CompletionStream) -> None:
-        """Keep the deployment's slot until the stream is released."""
+    def _hold(self, member: Member, stream: CompletionStream, probe: bool) -> None:
+        """Keep the deployment's slot until the stream is released, and tell its breaker how the
+        stream ended (finished, or failed midway: it counts, though it cannot be failed over)."""
+        health = member.health
+        judged = done = False
+
+        def judge(ok: bool) -> None:
+            nonlocal judged
+            judged = True
+            if ok:
+                health.succeeded(probe)
+            else:
+                health.failed(probe, None)
+
+        if isinstance(stream.chunks, _Prepended):
+            stream.chunks.judge = judge
         inner = stream.release
-        done = False
 
         async def release() -> None:
             nonlocal done
@@ -366,7 +380,9 @@ class Router:
             finally:
                 if not done:
                     done = True
-                    member.health.release()
+                    if probe and not judged:  # the client left first: another request may probe
+                        health.probing = False
+                    health.release()
                     self._wake()
 
         stream.release = release
@@ -445,11 +461,18 @@ async def _close_quietly(stream: CompletionStream) -> None:
 
 
 class _Prepended:
-    """A stream's chunks with the first one, already read, put back in front."""
+    """A stream's chunks with the first one, already read, put back in front; ``judge`` hears
+    once whether the stream ended well (True) or failed midway (False)."""
 
     def __init__(self, first: StreamChunk | None, rest: AsyncIterator[StreamChunk]) -> None:
         self._first = first
         self._rest = rest
+        self.judge: Callable[[bool], None] | None = None
+
+    def _verdict(self, ok: bool) -> None:
+        judge, self.judge = self.judge, None
+        if judge is not None:
+            judge(ok)
 
     def __aiter__(self) -> _Prepended:
         return self
@@ -458,7 +481,14 @@ class _Prepended:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        return await anext(self._rest)
+        try:
+            return await anext(self._rest)
+        except StopAsyncIteration:
+            self._verdict(True)
+            raise
+        except UpstreamFailure:
+            self._verdict(False)
+            raise
 
     async def aclose(self) -> None:
         close = getattr(self._rest, "aclose", None)
