@@ -42,13 +42,21 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
+    return str(value)
+
+
 def write_models(path: Path, deployments: dict[str, dict[str, Any]], routes: str) -> Path:
     lines = []
     for name, fields in deployments.items():
         lines.append(f'[deployments."{name}"]')
-        lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in fields.items()]
         lines.append("")
-    path.write_text("\n".join(lines).replace("'", '"') + "\n" + routes)
+    path.write_text("\n".join(lines) + "\n" + routes)
     return path
 
 
@@ -386,6 +394,7 @@ async def test_the_extractive_engine_records_no_deployment(
         ({"max_concurrency": 0}, ROUTES, r"\[deployments.a\] max_concurrency"),
         ({"api_key_env": "KIBAN_TEST_UNSET_KEY"}, ROUTES, "KIBAN_TEST_UNSET_KEY"),
         ({"timeout": 3}, ROUTES, "unknown field 'timeout'"),
+        ({"model_ids": {"gpt-4o-mini": 3}}, ROUTES, r"\[deployments.a\] model_ids"),
         ({}, '[models.m]\ndeployments = ["nowhere"]\n', r"\[models.m\] deployments: 'nowhere'"),
         ({}, '[models.m]\ndeployments = "a"\n', r"\[models.m\] deployments"),
     ],
@@ -474,3 +483,16 @@ async def test_streams_cut_midway_take_a_deployment_out_of_the_rotation(
     assert [r.deployment for r in records if r.status == "error"] == ["a"] * 3
     assert breaker("a") == 2
     await assert_quota_matches_ledger(app, user, records)
+
+
+async def test_a_deployment_sends_its_own_id_for_a_model(
+    two: Callable[..., RunningApp], upstream: FakeUpstream, upstream_b: FakeUpstream
+) -> None:
+    # An Azure deployment name, an Ollama tag: what the model is called on that deployment.
+    async with two(a={"model_ids": {"gpt-4o-mini": "llama3.1:8b"}}) as app, sdk(app) as (client, _):
+        for _ in range(2):
+            await ask(client, stream=True)
+        records = await ledger(app)
+    assert [r.body["model"] for r in upstream.requests] == ["llama3.1:8b"]
+    assert [r.body["model"] for r in upstream_b.requests] == ["gpt-4o-mini"]
+    assert {r.model for r in records} == {"gpt-4o-mini"}  # priced and recorded as kiban's model

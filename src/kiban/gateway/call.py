@@ -247,6 +247,7 @@ class Call:
         AI_REQUESTS.labels(label, self.endpoint, outcome.status).inc()
         if self.route is not None and self.route.deployment is not None:
             DEPLOYMENT_REQUESTS.labels(self.route.deployment, outcome.status).inc()
+            self.log_fields.update(deployment=self.route.deployment, attempts=self.route.attempts)
         if outcome.usage.prompt_tokens:
             AI_TOKENS.labels(label, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:

@@ -15,7 +15,8 @@ Every field is checked when the file is read, at start-up; an error names the ta
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ _FIELDS = frozenset(
         "connect_timeout_seconds",
         "max_concurrency",
         "weight",
+        "model_ids",
     }
 )
 
@@ -50,6 +52,12 @@ class Deployment:
     connect_timeout_seconds: float
     max_concurrency: int | None  # requests in flight at once (None: no cap beyond the pool's)
     weight: float = 1.0
+    # The id this deployment knows a model by, when it is not the model's upstream_model (an
+    # Azure deployment name, a vLLM or Ollama model tag): upstream_model -> id.
+    model_ids: Mapping[str, str] = field(default_factory=dict)
+
+    def model_id(self, upstream_model: str) -> str:
+        return self.model_ids.get(upstream_model, upstream_model)
 
     def __repr__(self) -> str:  # never the key
         return f"Deployment({self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
@@ -123,6 +131,7 @@ def _deployment(path: Path, name: str, entry: Any, settings: Settings) -> Deploy
         ),
         max_concurrency=_cap(where, entry.get("max_concurrency")),
         weight=_positive(where, entry, "weight", 1.0),
+        model_ids=_model_ids(where, entry.get("model_ids", {})),
     )
 
 
@@ -131,6 +140,16 @@ def _positive(where: str, entry: dict[str, Any], field: str, default: float) -> 
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigurationError(f"{where} {field} = {value!r}: a number above 0 is required")
     return float(value)
+
+
+def _model_ids(where: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise ConfigurationError(
+            f'{where} model_ids: a table of upstream_model = "the id this deployment uses"'
+        )
+    return dict(value)
 
 
 def _cap(where: str, value: Any) -> int | None:

@@ -34,7 +34,7 @@ async def check_deployments(ctx: DoctorContext) -> list[Finding]:
         for deployment in catalog.deployments.values():
             routed = sorted(
                 {
-                    m.upstream_model
+                    deployment.model_id(m.upstream_model)
                     for m in catalog.models.values()
                     if deployment.name in m.deployments
                 }

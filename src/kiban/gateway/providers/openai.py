@@ -83,7 +83,8 @@ class OpenAIProvider:
     async def complete(self, request: ProviderRequest) -> Completion:
         """One chat completion: one attempt."""
         spec = request.model
-        response = await self._post(_upstream_body(request.body, spec, stream=False))
+        model_id = self.deployment.model_id(spec.upstream_model)
+        response = await self._post(_upstream_body(request.body, model_id, stream=False))
         try:
             raw = await response.read()
         except TimeoutError as exc:
@@ -97,7 +98,8 @@ class OpenAIProvider:
     async def stream(self, request: ProviderRequest) -> CompletionStream:
         """Open a streamed completion: one attempt, answered when the upstream starts answering."""
         spec = request.model
-        response = await self._post(_upstream_body(request.body, spec, stream=True))
+        model_id = self.deployment.model_id(spec.upstream_model)
+        response = await self._post(_upstream_body(request.body, model_id, stream=True))
         stream = CompletionStream(model=spec, chunks=_empty(), release=_releaser(response))
         stream.chunks = self._read_stream(stream, response, request)
         return stream
@@ -180,9 +182,9 @@ async def _empty() -> AsyncIterator[StreamChunk]:
     yield  # pragma: no cover
 
 
-def _upstream_body(body: dict[str, Any], spec: ModelSpec, *, stream: bool) -> bytes:
+def _upstream_body(body: dict[str, Any], model_id: str, *, stream: bool) -> bytes:
     payload = dict(body)
-    payload["model"] = spec.upstream_model
+    payload["model"] = model_id
     if stream:
         payload["stream"] = True
         options = payload.get("stream_options")
