@@ -486,13 +486,26 @@ async def test_streams_cut_midway_take_a_deployment_out_of_the_rotation(
 
 
 async def test_a_deployment_sends_its_own_id_for_a_model(
-    two: Callable[..., RunningApp], upstream: FakeUpstream, upstream_b: FakeUpstream
+    two: Callable[..., RunningApp],
+    upstream: FakeUpstream,
+    upstream_b: FakeUpstream,
+    tmp_path: Path,
 ) -> None:
     # An Azure deployment name, an Ollama tag: what the model is called on that deployment.
-    async with two(a={"model_ids": {"gpt-4o-mini": "llama3.1:8b"}}) as app, sdk(app) as (client, _):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[prices."llama3.1:8b"]\ninput = "0"\noutput = "0"\n')
+    async with (
+        two(a={"model_ids": {"gpt-4o-mini": "llama3.1:8b"}}, prices_file=prices) as app,
+        sdk(app) as (client, _),
+    ):
         for _ in range(2):
             await ask(client, stream=True)
         records = await ledger(app)
     assert [r.body["model"] for r in upstream.requests] == ["llama3.1:8b"]
     assert [r.body["model"] for r in upstream_b.requests] == ["gpt-4o-mini"]
-    assert {r.model for r in records} == {"gpt-4o-mini"}  # priced and recorded as kiban's model
+    assert {r.model for r in records} == {"gpt-4o-mini"}  # recorded as kiban's model
+    # Priced as what answered: the local model's price (0, from the prices file) on a.
+    costs = {r.deployment: r.estimated_cost for r in records}
+    assert costs["a"] == 0
+    assert costs["b"] is not None
+    assert costs["b"] > 0

@@ -161,8 +161,13 @@ class Call:
         name = model.name if model else (self.model_name or "unknown")
         cost: Decimal | None = None
         if model is not None and status not in (UsageStatus.REJECTED,):
+            names: tuple[str, ...] = (model.name, model.upstream_model)
+            if self.route is not None and self.route.model_id not in (None, model.upstream_model):
+                # A deployment that serves the model as another one (model_ids): that one's price
+                # when the table has it.
+                names = (str(self.route.model_id), *names)
             cost = self.recorder.prices.cost(
-                (model.name, model.upstream_model),
+                names,
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cached_tokens,

@@ -311,6 +311,7 @@ class Router:
         route = ask.route
         route.attempts += 1
         route.deployment, route.kind = name, member.deployment.kind
+        route.model_id = member.deployment.model_id(ask.model.upstream_model)
         probe = health.begin()
         started = time.perf_counter()
         error: UpstreamFailure | InvalidRequest

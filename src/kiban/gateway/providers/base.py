@@ -51,6 +51,7 @@ class Route:
     deployment: str | None = None  # the one that served it (or the last one tried)
     kind: str | None = None  # that deployment's kind ("openai" ...)
     attempts: int = 0  # upstream attempts, across retries, failovers and fallback models
+    model_id: str | None = None  # the id that deployment was asked for (its model_ids)
 
 
 @dataclass
