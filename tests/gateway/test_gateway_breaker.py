@@ -95,6 +95,18 @@ def test_a_failed_probe_doubles_the_cooldown_up_to_the_max() -> None:
     assert h.open_until == clock.now + 20.0
 
 
+def test_failures_in_flight_when_it_opened_do_not_lengthen_the_cooldown() -> None:
+    clock = Clock()
+    h = health(clock)
+    began = clock()
+    burst = [h.begin() for _ in range(10)]  # ten requests sent together, all to fail
+    clock.now += 1
+    for probe in burst:
+        h.release()
+        h.failed(probe, None, began)
+    assert (h.state, h.cooldown, h.open_until) == (BreakerState.OPEN, 5.0, clock.now + 5.0)
+
+
 def test_retry_after_opens_at_once_for_as_long_as_asked() -> None:
     clock = Clock()
     h = health(clock)

@@ -46,6 +46,7 @@ class Health:
         self.clock = clock
         self.open = False
         self.open_until = 0.0
+        self.opened_at = 0.0
         self.cooldown = cooldown
         self.failures = 0  # in a row
         self.probing = False  # a half-open probe is in flight
@@ -90,15 +91,19 @@ class Health:
             self.open = False
             self.cooldown = self.base_cooldown
 
-    def failed(self, probe: bool, wait: float | None) -> None:
-        """A failed attempt (``wait``: the Retry-After the deployment sent, in seconds)."""
+    def failed(self, probe: bool, wait: float | None, started: float | None = None) -> None:
+        """A failed attempt (``wait``: the Retry-After the deployment sent, in seconds;
+        ``started``: when the attempt began, by this clock; None: just now)."""
         if probe:
             self.probing = False
         self.failures += 1
         now = self.clock()
-        if self.open:  # a failed probe (or a last-resort attempt): longer out
-            self.cooldown = min(self.cooldown * 2, self.cooldown_max)
-            self._open(now + self.cooldown)
+        if self.open:
+            # A failed probe (or a last-resort attempt): out for longer. An attempt that began
+            # before the breaker opened (one of a burst in flight together) changes nothing.
+            if probe or (started if started is not None else now) >= self.opened_at:
+                self.cooldown = min(self.cooldown * 2, self.cooldown_max)
+                self._open(now + self.cooldown)
         elif self.failures >= self.failures_to_open:
             self.cooldown = self.base_cooldown
             self._open(now + self.cooldown)
@@ -106,5 +111,7 @@ class Health:
             self._open(max(self.open_until if self.open else 0.0, now + wait))
 
     def _open(self, until: float) -> None:
+        if not self.open:
+            self.opened_at = self.clock()
         self.open = True
         self.open_until = until

@@ -312,6 +312,7 @@ class Router:
         route.attempts += 1
         route.deployment, route.kind = name, member.deployment.kind
         route.model_id = member.deployment.model_id(ask.model.upstream_model)
+        began = health.clock()
         probe = health.begin()
         started = time.perf_counter()
         error: UpstreamFailure | InvalidRequest
@@ -335,7 +336,7 @@ class Router:
             DEPLOYMENT_LATENCY.labels(name).observe(time.perf_counter() - started)
             DEPLOYMENT_ATTEMPTS.labels(name, "ok").inc()
             if holds and isinstance(result, CompletionStream):
-                self._hold(member, result, probe)  # judged when the stream ends
+                self._hold(member, result, probe, began)  # judged when the stream ends
                 held = True
             else:
                 health.succeeded(probe)
@@ -350,12 +351,13 @@ class Router:
         decided, counts = classify(error)
         disposition = disposition or decided
         if counts:
-            health.failed(probe, error.wait if isinstance(error, UpstreamFailure) else None)
+            wait = error.wait if isinstance(error, UpstreamFailure) else None
+            health.failed(probe, wait, began)
         else:
             health.succeeded(probe)
         raise _Failed(error, disposition)
 
-    def _hold(self, member: Member, stream: CompletionStream, probe: bool) -> None:
+    def _hold(self, member: Member, stream: CompletionStream, probe: bool, began: float) -> None:
         """Keep the deployment's slot until the stream is released, and tell its breaker how the
         stream ended (finished, or failed midway: it counts, though it cannot be failed over)."""
         health = member.health
@@ -367,7 +369,7 @@ class Router:
             if ok:
                 health.succeeded(probe)
             else:
-                health.failed(probe, None)
+                health.failed(probe, None, began)
 
         if isinstance(stream.chunks, _Prepended):
             stream.chunks.judge = judge
