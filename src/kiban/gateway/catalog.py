@@ -7,12 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiban.gateway.deployments import (
-    DEFAULT_DEPLOYMENT,
-    Deployment,
-    default_deployment,
-    load_deployments,
-)
+from kiban.gateway.deployments import Deployment, implicit_deployments, load_deployments
 from kiban.gateway.exceptions import ModelNotFound
 from kiban.settings import ConfigurationError, Settings
 
@@ -70,17 +65,20 @@ def load_catalog(settings: Settings) -> Catalog:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"Cannot read the models file {path}: {exc}") from exc
-    deployments = load_deployments(path, data.get("deployments"), settings)
-    if DEFAULT_DEPLOYMENT not in deployments and upstream_configured(settings):
-        deployments[DEFAULT_DEPLOYMENT] = default_deployment(settings)
+    # Declared deployments win over the environment's implicit one of the same name.
+    deployments = {
+        **implicit_deployments(settings),
+        **load_deployments(path, data.get("deployments"), settings),
+    }
     models: dict[str, ModelSpec] = {}
     for name, entry in (data.get("models") or {}).items():
         spec = _spec(path, name, entry)
         if spec.provider != EXTRACTIVE:
             if not spec.deployments:
-                if DEFAULT_DEPLOYMENT not in deployments:
+                # The deployment named after its provider ("openai": OPENAI_BASE_URL's).
+                if spec.provider not in deployments:
                     continue  # an "openai" model, and no upstream to send it to
-                spec = replace(spec, deployments=(DEFAULT_DEPLOYMENT,))
+                spec = replace(spec, deployments=(spec.provider,))
             unknown = [d for d in spec.deployments if d not in deployments]
             if unknown:
                 raise ConfigurationError(

@@ -7,7 +7,9 @@ router (``kiban.gateway.routing``) picks among them and fails over.
 
 Without any ``[deployments]`` table the configuration is today's: ``OPENAI_BASE_URL`` and
 ``OPENAI_API_KEY`` are one implicit deployment named ``openai``, which every ``openai`` model
-without a ``deployments`` list is routed to.
+without a ``deployments`` list is routed to (a model without a list goes to the deployment named
+after its ``provider``: ``implicit_deployments`` is where another provider's environment
+variables would become its implicit deployment).
 
 Every field is checked when the file is read, at start-up; an error names the table and field.
 """
@@ -61,6 +63,14 @@ class Deployment:
 
     def __repr__(self) -> str:  # never the key
         return f"Deployment({self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
+
+
+def implicit_deployments(settings: Settings) -> dict[str, Deployment]:
+    """The deployments the environment configures without a models file: ``OPENAI_*``'s."""
+    found: dict[str, Deployment] = {}
+    if settings.openai_api_key is not None or settings.openai_base_url:
+        found[DEFAULT_DEPLOYMENT] = default_deployment(settings)
+    return found
 
 
 def default_deployment(settings: Settings) -> Deployment:
