@@ -509,3 +509,37 @@ async def test_a_deployment_sends_its_own_id_for_a_model(
     assert costs["a"] == 0
     assert costs["b"] is not None
     assert costs["b"] > 0
+
+
+async def test_when_both_ask_to_wait_the_request_waits_as_asked_within_the_deadline(
+    two: Callable[..., RunningApp], upstream: FakeUpstream, upstream_b: FakeUpstream
+) -> None:
+    upstream.script(Fault.error(429, retry_after=0.3))
+    upstream_b.script(Fault.error(429, retry_after=0.3))
+    async with two() as app, sdk(app) as (client, _):
+        assert await ask(client) == DEFAULT_REPLY
+        [record] = await ledger(app)
+    times = sorted(r.at for r in upstream.requests + upstream_b.requests)
+    assert len(times) == 3
+    assert times[2] - times[0] >= 0.29  # Retry-After honoured, not a short backoff
+    assert record.attempts == 3
+    assert record.deployment in ("a", "b")
+
+
+async def test_a_wait_past_the_deadline_fails_at_once_with_the_upstreams_retry_after(
+    two: Callable[..., RunningApp], upstream: FakeUpstream, upstream_b: FakeUpstream
+) -> None:
+    upstream.script(Fault.error(429, retry_after=60))
+    upstream_b.script(Fault.error(429, retry_after=60))
+    async with two() as app, sdk(app) as (client, user):
+        with pytest.raises(openai.APIStatusError) as failure:
+            await ask(client)
+        [record] = await ledger(app)
+    assert failure.value.status_code == 503
+    assert failure.value.response.headers["retry-after"] == "60"
+    assert (record.status, record.error_code, record.attempts) == (
+        "error",
+        "upstream_unavailable",
+        2,
+    )
+    await assert_quota_matches_ledger(app, user, [record])
