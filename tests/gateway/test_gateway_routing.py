@@ -295,12 +295,12 @@ async def test_a_recovered_deployment_is_probed_back_into_the_rotation(
     two: Callable[..., RunningApp], upstream: FakeUpstream, upstream_b: FakeUpstream
 ) -> None:
     upstream.always = Fault.error(500)
-    async with two(upstream_cooldown_seconds=0.2) as app, sdk(app) as (client, _):
+    async with two(upstream_cooldown_seconds=0.5) as app, sdk(app) as (client, _):
         for _ in range(6):
             await ask(client)
         assert breaker("a") == 2
         upstream.always = None  # a is back
-        await asyncio.sleep(0.25)  # the cooldown passes
+        await asyncio.sleep(0.6)  # the cooldown passes
         assert breaker("a") == 1  # half-open: the next request may probe it
         for _ in range(6):
             await ask(client)
