@@ -21,6 +21,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("analytics_summary.py", []),
     ("billing_webhooks.py", []),
     ("quota_overhead.py", ["--n", "2000"]),
+    ("failover.py", []),
 ]
 
 

@@ -12,8 +12,12 @@ Faults are scripted per request, in order, and consumed one per request (thread-
     ...                                      # the 3rd request succeeds
     fake.stop()
 
+``fake.always = Fault.error(500)`` fails every request once the script is used up (a deployment
+that is down); ``reset()`` clears it.
+
 Fault kinds: ``error`` (any status code, optional Retry-After), ``hang`` (sleep before answering),
-``cut`` (a stream that stops after N chunks without finishing: the connection is dropped),
+``cut`` (a stream that stops after N chunks without finishing: the connection is dropped;
+``cut(-1)``: after the headers, before any chunk),
 ``stall`` (a stream that pauses after N chunks, then finishes). ``latency_ms`` delays every answer.
 
 Run alone: ``python tests/fake_upstream.py --port 9100 --latency-ms 0`` (prints its address).
@@ -84,6 +88,7 @@ class FakeUpstream:
     host: str = "127.0.0.1"
     port: int = 0
     keep_requests: bool = True
+    always: Fault | None = None  # the fault of every request the script does not cover
     requests: list[Received] = field(default_factory=list)
     _faults: deque[Fault] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -102,6 +107,7 @@ class FakeUpstream:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.always = None
 
     @property
     def base_url(self) -> str:
@@ -109,7 +115,7 @@ class FakeUpstream:
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            return self._faults.popleft() if self._faults else self.always
 
     # --- usage, as a real server would count it (deterministically) ------------------------
 
@@ -196,6 +202,10 @@ class FakeUpstream:
                     return
         path = scope["path"]
         if scope["method"] == "GET" and path.endswith("/models"):
+            fault = self._next_fault()
+            if fault is not None and fault.kind == "status":
+                await _json(send, fault.status, {"error": {"message": "fake", "code": None}})
+                return
             await _json(
                 send,
                 200,
@@ -412,6 +422,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--always-status", type=int, default=None, help="fail every request with this status"
+    )
     args = parser.parse_args()
     fake = FakeUpstream(
         host=args.host,
@@ -419,6 +432,7 @@ def main() -> None:
         latency_ms=args.latency_ms,
         chunk_delay_ms=args.chunk_delay_ms,
         keep_requests=False,
+        always=None if args.always_status is None else Fault.error(args.always_status),
     )
     config = uvicorn.Config(
         fake, host=args.host, port=args.port, log_level="warning", access_log=False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kiban.auth import doctor as _auth_checks  # noqa: F401  (registers its checks)
 from kiban.billing import doctor as _billing_checks  # noqa: F401
 from kiban.core.doctor import Finding, run_checks
+from kiban.gateway import doctor as _gateway_checks  # noqa: F401
 from kiban.knowledge import doctor as _knowledge_checks  # noqa: F401
 from kiban.settings import Settings
 

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=3, ge=0)
     upstream_backoff_seconds: float = Field(default=0.5, ge=0)  # first retry; doubles, jittered
     upstream_backoff_max_seconds: float = Field(default=8.0, ge=0)
+    # A deployment's circuit breaker: this many failed attempts in a row take it out of the
+    # rotation for the cooldown; then one probe request goes to it, and a failed probe doubles
+    # the cooldown (up to the max). A Retry-After from the deployment is a cooldown too.
+    upstream_breaker_failures: int = Field(default=3, ge=1)
+    upstream_cooldown_seconds: float = Field(default=5.0, gt=0)
+    upstream_cooldown_max_seconds: float = Field(default=60.0, gt=0)
     # FastAPI's native OpenTelemetry (spans, metrics, logs through the configured providers).
     opentelemetry: bool = False
     # Open connections per upstream: at least the streams you expect to run at once.

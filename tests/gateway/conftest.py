@@ -26,17 +26,35 @@ def fake_server() -> Iterator[FakeUpstream]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def second_fake_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+def _fresh(server: FakeUpstream) -> FakeUpstream:
+    server.reset()
+    server.reply = DEFAULT_REPLY
+    server.latency_ms = 0.0
+    server.chunk_delay_ms = 0.0
+    server.cached_tokens = 0
+    server.report_usage = True
+    return server
+
+
 @pytest.fixture
 def upstream(fake_server: FakeUpstream) -> Iterator[FakeUpstream]:
     """The fake upstream, with no scripted faults and default behaviour, for this test."""
+    yield _fresh(fake_server)
     fake_server.reset()
-    fake_server.reply = DEFAULT_REPLY
-    fake_server.latency_ms = 0.0
-    fake_server.chunk_delay_ms = 0.0
-    fake_server.cached_tokens = 0
-    fake_server.report_usage = True
-    yield fake_server
-    fake_server.reset()
+
+
+@pytest.fixture
+def upstream_b(second_fake_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    """A second fake upstream (another deployment), fresh for this test."""
+    yield _fresh(second_fake_server)
+    second_fake_server.reset()
 
 
 GATEWAY_SETTINGS: dict[str, Any] = {

@@ -99,6 +99,8 @@ async def test_streamed_and_unstreamed_agree_on_usage_and_record_shape(
         "completion_tokens",
         "total_tokens",
         "cached_tokens",
+        "deployment",
+        "attempts",
         "estimated_cost",
         "response_text",
         "error_code",

@@ -238,8 +238,16 @@ async def overview(
         "quotas": await quotas.quota_consumption(
             session, clock.now(), request.app.state.plans, grace(settings)
         ),
+        "deployments": _deployments(request),
     }
     return render(request, "overview.html", context, settings=settings, viewer=viewer)
+
+
+def _deployments(request: Request) -> list[dict[str, object]]:
+    """Each deployment's health as this process's router sees it (none without a gateway)."""
+    gateway = getattr(request.app.state, "gateway", None)
+    router = getattr(gateway, "router", None)
+    return router.snapshot() if router is not None else []
 
 
 @router.get("/admin/requests")

@@ -57,6 +57,41 @@ UPSTREAM_ERRORS = Counter(
 UPSTREAM_RETRIES = Counter(
     "kiban_upstream_retries_total", "Upstream retries.", ["provider", "reason"], registry=REGISTRY
 )
+# Per deployment (names come from the models file: bounded). Outcome of one attempt: ok, timeout,
+# unavailable (refused, 429, 503), error (other 5xx, bad credentials), rejected (the upstream
+# refused the request: a 4xx that is the caller's), cut (a stream that failed before its first
+# chunk was passed on).
+DEPLOYMENT_ATTEMPTS = Counter(
+    "kiban_deployment_attempts_total",
+    "Upstream attempts by deployment and outcome.",
+    ["deployment", "outcome"],
+    registry=REGISTRY,
+)
+DEPLOYMENT_REQUESTS = Counter(
+    "kiban_deployment_requests_total",
+    "Requests by the deployment that served them (or was tried last) and their ledger status.",
+    ["deployment", "status"],
+    registry=REGISTRY,
+)
+DEPLOYMENT_LATENCY = Histogram(
+    "kiban_deployment_attempt_duration_seconds",
+    "Time of one upstream attempt to its answer (a stream: to its first chunk).",
+    ["deployment"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+DEPLOYMENT_BREAKER = Gauge(
+    "kiban_deployment_breaker_state",
+    "A deployment's circuit breaker: 0 closed (takes traffic), 1 half-open (probing), 2 open.",
+    ["deployment"],
+    registry=REGISTRY,
+)
+DEPLOYMENT_IN_FLIGHT = Gauge(
+    "kiban_deployment_in_flight",
+    "Requests a deployment is answering now (streams until they end).",
+    ["deployment"],
+    registry=REGISTRY,
+)
 API_KEY_CACHE = Counter(
     "kiban_api_key_cache_total",
     "API-key authentications by cache outcome (bypass: the poller is behind, the database reads).",

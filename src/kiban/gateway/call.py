@@ -27,11 +27,18 @@ import structlog
 from kiban.auth import Principal
 from kiban.core import clock
 from kiban.core.errors import AppError
-from kiban.core.metrics import AI_COST, AI_REQUESTS, AI_TOKENS, AI_TTFT, child
+from kiban.core.metrics import (
+    AI_COST,
+    AI_REQUESTS,
+    AI_TOKENS,
+    AI_TTFT,
+    DEPLOYMENT_REQUESTS,
+    child,
+)
 from kiban.gateway.admission import Admission, AdmissionRequest, Ticket, Usage
 from kiban.gateway.catalog import ModelSpec
 from kiban.gateway.pricing import PriceTable
-from kiban.gateway.providers.base import TokenUsage
+from kiban.gateway.providers.base import Route, TokenUsage
 from kiban.models import UsageStatus
 
 log = structlog.get_logger("kiban.gateway")
@@ -93,6 +100,7 @@ class Call:
     first_token_at: float | None = None
     handed_off: bool = False  # a streaming response owns the finish now
     outcome: Outcome | None = None
+    route: Route | None = None  # where an upstream model's request went (the router fills it)
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -160,8 +168,13 @@ class Call:
         name = model.name if model else (self.model_name or "unknown")
         cost: Decimal | None = None
         if model is not None and status not in (UsageStatus.REJECTED,):
+            names: tuple[str, ...] = (model.name, model.upstream_model)
+            if self.route is not None and self.route.model_id not in (None, model.upstream_model):
+                # A deployment that serves the model as another one (model_ids): that one's price
+                # when the table has it.
+                names = (str(self.route.model_id), *names)
             cost = self.recorder.prices.cost(
-                (model.name, model.upstream_model),
+                names,
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cached_tokens,
@@ -211,6 +224,7 @@ class Call:
         self, outcome: Outcome, model: ModelSpec | None, error_code: str | None, text: str | None
     ) -> dict[str, Any]:
         policy = self.recorder.content_policy
+        route = self.route
         return {
             "request_id": self.request_id,
             "created_at": self.created_at,
@@ -219,7 +233,8 @@ class Call:
             "plan": self.ticket.plan if self.ticket else None,
             "endpoint": self.endpoint,
             "model": outcome.model[:128],
-            "provider": model.provider if model else "none",
+            "provider": (route.kind if route and route.kind else None)
+            or (model.provider if model else "none"),
             "streamed": self.streamed,
             "status": outcome.status,
             "error_code": error_code,
@@ -227,6 +242,8 @@ class Call:
             "completion_tokens": outcome.usage.completion_tokens,
             "total_tokens": outcome.usage.total_tokens,
             "cached_tokens": outcome.usage.cached_tokens,
+            "deployment": route.deployment if route else None,
+            "attempts": route.attempts if route else 0,
             "estimated_cost": outcome.cost,
             "response_time_ms": outcome.response_time_ms,
             "time_to_first_token_ms": outcome.ttft_ms,
@@ -240,6 +257,9 @@ class Call:
 
     def _observe(self, outcome: Outcome, label: str) -> None:
         child(AI_REQUESTS, label, self.endpoint, outcome.status).inc()
+        if self.route is not None and self.route.deployment is not None:
+            child(DEPLOYMENT_REQUESTS, self.route.deployment, outcome.status).inc()
+            self.log_fields.update(deployment=self.route.deployment, attempts=self.route.attempts)
         if outcome.usage.prompt_tokens:
             child(AI_TOKENS, label, "prompt").inc(outcome.usage.prompt_tokens)
         if outcome.usage.completion_tokens:

@@ -1,12 +1,13 @@
-"""The models file: which model names kiban serves, through which provider, with which limits."""
+"""The models file: which model names kiban serves, through which deployments, with which limits."""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kiban.gateway.deployments import Deployment, implicit_deployments, load_deployments
 from kiban.gateway.exceptions import ModelNotFound
 from kiban.settings import ConfigurationError, Settings
 
@@ -25,6 +26,7 @@ class ModelSpec:
     max_output_tokens: int
     encoding: str = "o200k_base"
     fallbacks: tuple[str, ...] = ()
+    deployments: tuple[str, ...] = ()  # where it is served, by name (empty: the extractive engine)
     description: str = ""
     owned_by: str = "kiban"
 
@@ -32,9 +34,15 @@ class ModelSpec:
 class Catalog:
     """The models this process serves, and the one used when a request names none."""
 
-    def __init__(self, models: dict[str, ModelSpec], default: str) -> None:
+    def __init__(
+        self,
+        models: dict[str, ModelSpec],
+        default: str,
+        deployments: dict[str, Deployment] | None = None,
+    ) -> None:
         self.models = models
         self.default = default
+        self.deployments = deployments or {}
         self.names = sorted(models)
 
     def resolve(self, name: str | None) -> ModelSpec:
@@ -57,12 +65,27 @@ def load_catalog(settings: Settings) -> Catalog:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"Cannot read the models file {path}: {exc}") from exc
-    with_upstream = upstream_configured(settings)
+    # Declared deployments win over the environment's implicit one of the same name.
+    deployments = {
+        **implicit_deployments(settings),
+        **load_deployments(path, data.get("deployments"), settings),
+    }
     models: dict[str, ModelSpec] = {}
     for name, entry in (data.get("models") or {}).items():
         spec = _spec(path, name, entry)
-        if spec.provider == "openai" and not with_upstream:
-            continue
+        if spec.provider != EXTRACTIVE:
+            if not spec.deployments:
+                # The deployment named after its provider ("openai": OPENAI_BASE_URL's).
+                if spec.provider not in deployments:
+                    continue  # an "openai" model, and no upstream to send it to
+                spec = replace(spec, deployments=(spec.provider,))
+            unknown = [d for d in spec.deployments if d not in deployments]
+            if unknown:
+                raise ConfigurationError(
+                    f"{path}: [models.{name}] deployments: {unknown[0]!r} is not a deployment "
+                    f"(declared: {sorted(deployments)}; the implicit 'openai' one needs "
+                    "OPENAI_API_KEY or OPENAI_BASE_URL)"
+                )
         models[name] = spec
     if EXTRACTIVE not in models:
         models[EXTRACTIVE] = ModelSpec(
@@ -77,21 +100,32 @@ def load_catalog(settings: Settings) -> Catalog:
         unknown = [f for f in spec.fallbacks if f not in models]
         if unknown:
             raise ConfigurationError(f"{path}: model {spec.name!r} falls back to unknown {unknown}")
+    with_upstream = upstream_configured(settings) or "gpt-4o-mini" in models
     default = settings.default_model or ("gpt-4o-mini" if with_upstream else EXTRACTIVE)
     if default not in models:
         raise ConfigurationError(
             f"KIBAN_DEFAULT_MODEL={default!r} is not served; the models are {sorted(models)} "
             f"(from {path}; 'openai' models need OPENAI_API_KEY or OPENAI_BASE_URL)."
         )
-    return Catalog(models, default)
+    return Catalog(models, default, deployments)
 
 
 def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
     if not isinstance(entry, dict):
         raise ConfigurationError(f"{path}: [models.{name}] must be a table")
-    provider = entry.get("provider")
+    routes = entry.get("deployments", ())
+    if not isinstance(routes, list | tuple) or not all(isinstance(d, str) for d in routes):
+        raise ConfigurationError(
+            f"{path}: [models.{name}] deployments: a list of deployment names is required"
+        )
+    # A model routed to deployments is an upstream one; "openai" is the historical name.
+    provider = entry.get("provider", "openai" if routes else None)
     if provider not in PROVIDERS:
         raise ConfigurationError(f"{path}: model {name!r}: provider must be one of {PROVIDERS}")
+    if provider == EXTRACTIVE and routes:
+        raise ConfigurationError(
+            f"{path}: [models.{name}] deployments: the extractive engine has no deployments"
+        )
     encoding = entry.get("encoding", "o200k_base")
     if encoding not in ENCODINGS:
         raise ConfigurationError(f"{path}: model {name!r}: encoding must be one of {ENCODINGS}")
@@ -104,6 +138,7 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
             max_output_tokens=int(entry.get("max_output_tokens", 4096)),
             encoding=encoding,
             fallbacks=tuple(str(f) for f in entry.get("fallbacks", ())),
+            deployments=tuple(dict.fromkeys(routes)),
             description=str(entry.get("description", "")),
             owned_by="kiban" if provider == "extractive" else "openai",
         )

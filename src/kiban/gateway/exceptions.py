@@ -91,7 +91,11 @@ class EmbeddingsUnavailable(ServiceUnavailable):
 
 
 class UpstreamFailure(AppError):
-    """The upstream could not give an answer (after retries and fallbacks)."""
+    """The upstream could not give an answer (after retries and fallbacks).
+
+    ``retry_after`` is told to the client (a ``Retry-After`` header); ``wait`` is what the
+    upstream asked of kiban before another attempt (the router's), ``retry_after`` by default.
+    """
 
     def __init__(
         self,
@@ -99,6 +103,7 @@ class UpstreamFailure(AppError):
         *,
         retry_after: float | None = None,
         upstream_status: int | None = None,
+        wait: float | None = None,
     ) -> None:
         headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
         super().__init__(
@@ -106,6 +111,7 @@ class UpstreamFailure(AppError):
         )
         self.retry_after = retry_after
         self.upstream_status = upstream_status
+        self.wait = wait if wait is not None else retry_after
 
 
 class UpstreamError(UpstreamFailure):

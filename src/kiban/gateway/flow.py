@@ -167,7 +167,9 @@ async def prepare(gateway: Gateway, call: Call, intent: Intent) -> ProviderReque
         intent.body["messages"] = prompt.messages
         prompt_tokens = count_messages(prompt.messages, spec.encoding) + extras
     apply_cap(intent.body, intent.limits, ticket.max_completion_tokens)
-    return ProviderRequest(spec, intent.body, prompt_tokens, question, context)
+    request = ProviderRequest(spec, intent.body, prompt_tokens, question, context)
+    call.route = request.route  # the router writes where it went; the ledger reads it
+    return request
 
 
 async def answer(gateway: Gateway, call: Call, prepared: ProviderRequest | None) -> Answer:

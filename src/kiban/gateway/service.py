@@ -18,11 +18,12 @@ from kiban.core.context import current_request_id
 from kiban.gateway import grounding
 from kiban.gateway.admission import Admission
 from kiban.gateway.call import Call, Recorder
-from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
+from kiban.gateway.catalog import SHIPPED_MODELS_FILE, Catalog, ModelSpec, load_catalog
 from kiban.gateway.pricing import PriceTable, load_prices
 from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
-from kiban.gateway.providers.openai import OpenAIProvider
+from kiban.gateway.providers.registry import check_kinds
+from kiban.gateway.routing import Router
 from kiban.gateway.tokenizer import count_text, encoding
 from kiban.knowledge import RetrievedChunk, Retriever, retrieve
 from kiban.settings import Settings
@@ -50,7 +51,9 @@ class GatewayConfig:
 
     @classmethod
     def load(cls, settings: Settings) -> GatewayConfig:
-        return cls(load_catalog(settings), load_prices(settings.prices_file))
+        catalog = load_catalog(settings)
+        check_kinds(catalog.deployments.values(), str(settings.models_file or SHIPPED_MODELS_FILE))
+        return cls(catalog, load_prices(settings.prices_file))
 
 
 class Gateway:
@@ -74,6 +77,8 @@ class Gateway:
         self.catalog = catalog
         self.prices = prices
         self.providers = providers
+        router = providers.get("openai")
+        self.router = router if isinstance(router, Router) else None
         self.ledger = ledger
         self.content_policy = content_policy(settings)
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -97,8 +102,9 @@ class Gateway:
         config = config or GatewayConfig.load(settings)
         catalog, prices = config.catalog, config.prices
         providers: dict[str, Provider] = {"extractive": ExtractiveProvider()}
-        if upstream_configured(settings):
-            providers["openai"] = OpenAIProvider(settings, catalog)
+        if catalog.deployments:
+            # Every upstream model goes through the router, whatever its deployments' kinds.
+            providers["openai"] = Router(settings, catalog)
         for name, spec in catalog.models.items():
             if prices.price(name, spec.upstream_model) is None:
                 log.warning("model_has_no_price", model=name, hint="its cost is recorded as NULL")
@@ -129,7 +135,10 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     def provider(self, spec: ModelSpec) -> Provider:
-        return self.providers[spec.provider]
+        """The extractive engine, or the router for a model served by deployments."""
+        if spec.provider == "extractive":
+            return self.providers["extractive"]
+        return self.providers["openai"]
 
     def begin(
         self, request: Request, principal: Principal, endpoint: str, *, streamed: bool = False

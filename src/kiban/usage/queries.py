@@ -36,6 +36,8 @@ EXPORT_COLUMNS = (
     "completion_tokens",
     "total_tokens",
     "cached_tokens",
+    "deployment",
+    "attempts",
     "estimated_cost",
     "response_time_ms",
     "time_to_first_token_ms",

@@ -32,6 +32,8 @@ class UsageEntry(BaseModel):
     completion_tokens: int
     total_tokens: int
     cached_tokens: int
+    deployment: str | None  # the deployment that served it (or was tried last); None: no upstream
+    attempts: int  # upstream attempts, across retries, failovers and fallback models
     estimated_cost: Decimal | None
     response_time_ms: float
     time_to_first_token_ms: float | None

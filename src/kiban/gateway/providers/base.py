@@ -45,6 +45,16 @@ class TokenUsage:
 
 
 @dataclass
+class Route:
+    """Where a request went upstream: filled in by the router as it tries, read by the ledger."""
+
+    deployment: str | None = None  # the one that served it (or the last one tried)
+    kind: str | None = None  # that deployment's kind ("openai" ...)
+    attempts: int = 0  # upstream attempts, across retries, failovers and fallback models
+    model_id: str | None = None  # the id that deployment was asked for (its model_ids)
+
+
+@dataclass
 class ProviderRequest:
     """What to ask: an OpenAI chat request body, and the retrieved context (grounded requests)."""
 
@@ -53,6 +63,7 @@ class ProviderRequest:
     prompt_tokens: int  # counted locally (used when the upstream reports nothing)
     question: str = ""
     context: Sequence[RetrievedChunk] = ()
+    route: Route = field(default_factory=Route)
 
 
 @dataclass

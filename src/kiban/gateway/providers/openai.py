@@ -1,31 +1,32 @@
-"""The OpenAI-compatible provider: ``POST /chat/completions`` on any base URL, over aiohttp.
+"""The OpenAI-compatible provider: ``POST /chat/completions`` on one deployment, over aiohttp.
 
 The wire protocol is spoken here, not through the ``openai`` SDK: the SDK's HTTP stack cost more
 CPU per request than the rest of the gateway together (decision 0067), and the gateway only needs
 its bytes. What the SDK did is kept: a bearer key, JSON bodies, OpenAI's error bodies read for
-their message and code, ``Retry-After``/``retry-after-ms`` honoured, per-read timeouts.
+their message and code, ``Retry-After``/``retry-after-ms`` read, per-read timeouts.
 
-Retries are ours: every attempt and every fallback model share one deadline; 429, 408, 409, 5xx,
-timeouts and connection errors are retried with exponential backoff and jitter, and a
-``Retry-After`` from the upstream is waited for exactly, or not at all when it would pass the
-deadline. Responses are taken raw (bytes) and only the usage, text and finish reason are read.
+A provider makes exactly one attempt per ``complete``/``stream`` against its one deployment and
+raises ``UpstreamError``/``UpstreamUnavailable``/``UpstreamTimeout`` (with the upstream's status
+and Retry-After) or ``InvalidRequest``; retries, failover to another deployment and fallback
+models are the router's (``kiban.gateway.routing``, decision 0070). Responses are taken raw
+(bytes) and only the usage, text and finish reason are read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
 import structlog
 
 from kiban.core import clock
-from kiban.core.metrics import UPSTREAM_ERRORS, UPSTREAM_RETRIES
-from kiban.gateway.catalog import Catalog, ModelSpec
+from kiban.core.metrics import UPSTREAM_ERRORS
+from kiban.gateway.catalog import ModelSpec
+from kiban.gateway.deployments import Deployment
 from kiban.gateway.exceptions import (
     InvalidRequest,
     UpstreamError,
@@ -44,162 +45,83 @@ from kiban.gateway.providers.http import UpstreamPools
 from kiban.gateway.tokenizer import count_text
 from kiban.settings import Settings
 
-OPENAI_BASE_URL = "https://api.openai.com/v1"
 log = structlog.get_logger("kiban.gateway.openai")
-T = TypeVar("T")
 _DRAIN_SECONDS = 1.0
-_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-class _Attempt(Exception):
-    """One failed attempt: the error to raise if no retry succeeds, and whether to retry."""
-
-    def __init__(
-        self, error: UpstreamFailure | InvalidRequest, *, retry: bool, wait: float | None = None
-    ):
-        super().__init__(error.message)
-        self.error = error
-        self.retry = retry
-        self.wait = wait  # the upstream's Retry-After, in seconds
 
 
 class OpenAIProvider:
-    """Chat completions through an OpenAI-compatible upstream (OpenAI, Azure, vLLM, Ollama …)."""
+    """Chat completions through one OpenAI-compatible deployment (OpenAI, Azure, vLLM, Ollama …)."""
 
     name = "openai"
 
-    def __init__(
-        self,
-        settings: Settings,
-        catalog: Catalog,
-        *,
-        pools: UpstreamPools | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, settings: Settings, deployment: Deployment, pools: UpstreamPools) -> None:
         self.settings = settings
-        self.catalog = catalog
-        self._sleep = sleep
-        self._pools = pools or UpstreamPools(settings)
-        self._owns_pools = pools is None
-        base_url = (settings.openai_base_url or OPENAI_BASE_URL).rstrip("/")
-        self.base_url = base_url
-        self._url = f"{base_url}/chat/completions"
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key:  # local servers (Ollama, llama.cpp, vLLM) often need none
-            self._headers["Authorization"] = f"Bearer {key}"
+        self.deployment = deployment
+        self._pools = pools
+        self.base_url = deployment.base_url
+        self._url = f"{deployment.base_url}/chat/completions"
+        self._key_hint = deployment.api_key_env or "OPENAI_API_KEY"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if deployment.api_key:  # local servers (Ollama, llama.cpp, vLLM) often need none
+            headers["Authorization"] = f"Bearer {deployment.api_key}"
+        self._post_options: dict[str, Any] = {"headers": headers}
+        if (deployment.timeout_seconds, deployment.connect_timeout_seconds) != (
+            settings.upstream_timeout_seconds,
+            settings.upstream_connect_timeout_seconds,
+        ):  # the pool's timeouts are the settings'; this deployment has its own
+            self._post_options["timeout"] = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=deployment.connect_timeout_seconds,
+                sock_read=deployment.timeout_seconds,
+            )
 
     async def aclose(self) -> None:
-        if self._owns_pools:
-            await self._pools.aclose()
+        """The pools are the router's, closed with it."""
 
     # --- the interface -------------------------------------------------------------------------
 
     async def complete(self, request: ProviderRequest) -> Completion:
-        """One chat completion; retried and failed over within the deadline."""
-
-        async def attempt(spec: ModelSpec, budget: float) -> Completion:
-            body = _upstream_body(request.body, spec, stream=False)
-            async with asyncio.timeout(budget):
-                response = await self._post(body)
-                try:
-                    raw = await response.read()
-                except TimeoutError:
-                    raise
-                except aiohttp.ClientError as exc:  # the connection dropped mid-body
-                    raise _connection_attempt(self.name) from exc
-                finally:
-                    response.release()
-            return _completion(raw, spec, request)
-
-        return await self._with_retries(request.model, attempt)
+        """One chat completion: one attempt."""
+        spec = request.model
+        model_id = self.deployment.model_id(spec.upstream_model)
+        response = await self._post(_upstream_body(request.body, model_id, stream=False))
+        try:
+            raw = await response.read()
+        except TimeoutError as exc:
+            raise _timeout(self.name) from exc
+        except aiohttp.ClientError as exc:  # the connection dropped mid-body
+            raise _connection_error(self.name) from exc
+        finally:
+            response.release()
+        return _completion(raw, spec, request)
 
     async def stream(self, request: ProviderRequest) -> CompletionStream:
-        """Open a streamed completion (retries happen until the upstream starts answering)."""
-
-        async def attempt(
-            spec: ModelSpec, budget: float
-        ) -> tuple[ModelSpec, aiohttp.ClientResponse]:
-            body = _upstream_body(request.body, spec, stream=True)
-            async with asyncio.timeout(budget):
-                return spec, await self._post(body)
-
-        spec, response = await self._with_retries(request.model, attempt)
+        """Open a streamed completion: one attempt, answered when the upstream starts answering."""
+        spec = request.model
+        model_id = self.deployment.model_id(spec.upstream_model)
+        response = await self._post(_upstream_body(request.body, model_id, stream=True))
         stream = CompletionStream(model=spec, chunks=_empty(), release=_releaser(response))
         stream.chunks = self._read_stream(stream, response, request)
         return stream
 
-    # --- attempts, retries, fallbacks ------------------------------------------------------------
-
     async def _post(self, body: bytes) -> aiohttp.ClientResponse:
-        """Send one attempt; a 2xx response with its body unread, or an ``_Attempt``."""
+        """Send one attempt; a 2xx response with its body unread, or the error it is."""
         session = self._pools.session(self.base_url)
         try:
-            response = await session.post(self._url, data=body, headers=self._headers)
-        except TimeoutError:
-            raise  # aiohttp's connect timeout: retried as a timeout by the caller
+            response = await session.post(self._url, data=body, **self._post_options)
+        except TimeoutError as exc:  # aiohttp's connect timeout
+            raise _timeout(self.name) from exc
         except aiohttp.ClientError as exc:  # refused, reset, DNS, TLS, a dropped keep-alive
-            raise _connection_attempt(self.name) from exc
+            raise _connection_error(self.name) from exc
         if response.status < 400:
             return response
         try:
             raw = await response.read()
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):
             raw = b""
         finally:
             response.release()
-        raise _status_attempt(response.status, response.headers, _error_object(raw))
-
-    async def _with_retries(
-        self, spec: ModelSpec, attempt: Callable[[ModelSpec, float], Awaitable[T]]
-    ) -> T:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.upstream_deadline_seconds
-        candidates = [spec] + [self.catalog.models[name] for name in spec.fallbacks]
-        last: UpstreamFailure | InvalidRequest | None = None
-        for index, candidate in enumerate(candidates):
-            if index:
-                log.warning("upstream_fallback", model=spec.name, fallback=candidate.name)
-                UPSTREAM_RETRIES.labels(self.name, "fallback").inc()
-            for retry in range(self.settings.upstream_max_retries + 1):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise last or UpstreamTimeout()
-                try:
-                    return await attempt(candidate, remaining)
-                except TimeoutError:
-                    UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
-                    failure = _Attempt(UpstreamTimeout(), retry=True)
-                except _Attempt as exc:
-                    failure = exc
-                last = failure.error
-                if not failure.retry:
-                    raise last from None
-                if retry == self.settings.upstream_max_retries:
-                    break
-                delay = self._backoff(retry, failure.wait)
-                if loop.time() + delay >= deadline:
-                    raise last from None
-                UPSTREAM_RETRIES.labels(self.name, failure.error.code).inc()
-                log.info(
-                    "upstream_retry",
-                    model=candidate.name,
-                    attempt=retry + 1,
-                    wait_s=round(delay, 3),
-                    reason=failure.error.code,
-                )
-                await self._sleep(delay)
-        raise last or UpstreamUnavailable()
-
-    def _backoff(self, retry: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter, or exactly what the upstream asked for."""
-        if retry_after is not None:
-            return float(retry_after)
-        ceiling = min(
-            self.settings.upstream_backoff_max_seconds,
-            self.settings.upstream_backoff_seconds * 2.0**retry,
-        )
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        raise _status_error(response.status, response.headers, _error_object(raw), self._key_hint)
 
     # --- streams ---------------------------------------------------------------------------------
 
@@ -260,9 +182,9 @@ async def _empty() -> AsyncIterator[StreamChunk]:
     yield  # pragma: no cover
 
 
-def _upstream_body(body: dict[str, Any], spec: ModelSpec, *, stream: bool) -> bytes:
+def _upstream_body(body: dict[str, Any], model_id: str, *, stream: bool) -> bytes:
     payload = dict(body)
-    payload["model"] = spec.upstream_model
+    payload["model"] = model_id
     if stream:
         payload["stream"] = True
         options = payload.get("stream_options")
@@ -308,9 +230,14 @@ def _releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]
     return release
 
 
-def _connection_attempt(provider: str) -> _Attempt:
+def _connection_error(provider: str) -> UpstreamUnavailable:
     UPSTREAM_ERRORS.labels(provider, "connection").inc()
-    return _Attempt(UpstreamUnavailable("Could not reach the model provider."), retry=True)
+    return UpstreamUnavailable("Could not reach the model provider.")
+
+
+def _timeout(provider: str) -> UpstreamTimeout:
+    UPSTREAM_ERRORS.labels(provider, "timeout").inc()
+    return UpstreamTimeout()
 
 
 def _error_object(raw: bytes) -> Any:
@@ -344,43 +271,39 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return None
 
 
-def _status_attempt(status: int, headers: Mapping[str, str], body: Any) -> _Attempt:
+def _status_error(
+    status: int, headers: Mapping[str, str], body: Any, key_hint: str = "OPENAI_API_KEY"
+) -> UpstreamFailure | InvalidRequest:
+    """The error an upstream's HTTP error status is (the router decides what to retry)."""
     UPSTREAM_ERRORS.labels("openai", f"status_{status}").inc()
     detail = body.get("message") if isinstance(body, dict) else None
     code = body.get("code") if isinstance(body, dict) else None
     wait = _retry_after(headers)
     if status == 429 and code == "insufficient_quota":
-        return _Attempt(
-            UpstreamError(
-                "The model provider's account has no quota left.", upstream_status=status
-            ),
-            retry=False,
+        return UpstreamError(
+            "The model provider's account has no quota left.", upstream_status=status
         )
     if status in (400, 413, 422):
         # The upstream refused this request's content (a bad parameter, too long): the caller's
         # to fix, so it is a 400 with the upstream's own words, not a gateway failure.
-        return _Attempt(
-            InvalidRequest(
-                f"The model provider rejected the request: {detail or status}",
-                code="upstream_rejected_request",
-            ),
-            retry=False,
+        return InvalidRequest(
+            f"The model provider rejected the request: {detail or status}",
+            code="upstream_rejected_request",
         )
-    retry = status in _RETRYABLE_STATUS
     if status == 429 or status == 503:
-        error: UpstreamFailure = UpstreamUnavailable(retry_after=wait, upstream_status=status)
-    elif status in (408, 504):
-        error = UpstreamTimeout(upstream_status=status)
-    elif status in (401, 403):
-        error = UpstreamError(
-            "The model provider refused kiban's credentials (check OPENAI_API_KEY).",
+        return UpstreamUnavailable(retry_after=wait, upstream_status=status)
+    if status in (408, 504):
+        return UpstreamTimeout(upstream_status=status, wait=wait)
+    if status in (401, 403):
+        return UpstreamError(
+            f"The model provider refused kiban's credentials (check {key_hint}).",
             upstream_status=status,
         )
-    elif status == 404:
-        error = UpstreamError(
+    if status == 404:
+        return UpstreamError(
             "The model provider does not know this model (check the models file).",
             upstream_status=status,
         )
-    else:
-        error = UpstreamError(f"The model provider failed (HTTP {status}).", upstream_status=status)
-    return _Attempt(error, retry=retry, wait=wait)
+    return UpstreamError(
+        f"The model provider failed (HTTP {status}).", upstream_status=status, wait=wait
+    )
