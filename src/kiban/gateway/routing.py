@@ -38,6 +38,7 @@ from kiban.core.metrics import (
     DEPLOYMENT_LATENCY,
     UPSTREAM_ERRORS,
     UPSTREAM_RETRIES,
+    child,
 )
 from kiban.gateway.breaker import Health
 from kiban.gateway.catalog import Catalog, ModelSpec
@@ -333,8 +334,8 @@ class Router:
                 health.probing = False  # not judged: cancelled, or a bug
             raise
         else:
-            DEPLOYMENT_LATENCY.labels(name).observe(time.perf_counter() - started)
-            DEPLOYMENT_ATTEMPTS.labels(name, "ok").inc()
+            child(DEPLOYMENT_LATENCY, name).observe(time.perf_counter() - started)
+            child(DEPLOYMENT_ATTEMPTS, name, "ok").inc()
             if holds and isinstance(result, CompletionStream):
                 self._hold(member, result, probe, began)  # judged when the stream ends
                 held = True
@@ -345,9 +346,9 @@ class Router:
             if not held:
                 health.release()
                 self._wake()
-        DEPLOYMENT_LATENCY.labels(name).observe(time.perf_counter() - started)
+        child(DEPLOYMENT_LATENCY, name).observe(time.perf_counter() - started)
         outcome = "cut" if disposition is not None else _outcome(error)
-        DEPLOYMENT_ATTEMPTS.labels(name, outcome).inc()
+        child(DEPLOYMENT_ATTEMPTS, name, outcome).inc()
         decided, counts = classify(error)
         disposition = disposition or decided
         if counts:
