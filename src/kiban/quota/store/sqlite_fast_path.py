@@ -54,6 +54,13 @@ class Prepared:
         self.compiled: Compiled = statement.compile(dialect=dialect)
         self.sql = self.compiled.string
         self.names: Sequence[str] = getattr(self.compiled, "positiontup", None) or ()
+        # An INSERT's columns left out of its values take their scalar Python defaults, as the
+        # ORM would give them (an execution context does that; a raw execute does not).
+        self.defaults: dict[str, Any] = {
+            column.key: column.default.arg
+            for column in getattr(self.compiled, "insert_prefetch", None) or ()
+            if column.default is not None and column.default.is_scalar
+        }
 
     def bind(self, params: dict[str, Any]) -> tuple[Any, ...]:
         values = self.compiled.construct_params(params) or {}
@@ -62,6 +69,8 @@ class Prepared:
     def bind_typed(self, params: dict[str, Any]) -> tuple[Any, ...]:
         """Bound through the columns' own types (JSON, Numeric, UTC datetimes, UUIDs), as
         SQLAlchemy would: for rows other code reads back through the ORM (the ledger)."""
+        if self.defaults:
+            params = {**self.defaults, **params}
         values = self.compiled.construct_params(params) or {}
         processors = self.compiled._bind_processors  # type: ignore[attr-defined]
         return tuple(
