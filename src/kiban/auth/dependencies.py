@@ -1,5 +1,5 @@
-"""Who is calling: `CurrentPrincipal`, `GatewayPrincipal`, `CurrentUser`, `AdminUser`,
-`TokenUser` and `KeyRingDep`."""
+"""Who is calling: `CurrentPrincipal`, `GatewayPrincipal` (and `GatewayKeyPrincipal`, which also
+reads `x-api-key`), `CurrentUser`, `AdminUser`, `TokenUser` and `KeyRingDep`."""
 
 from __future__ import annotations
 
@@ -134,6 +134,35 @@ async def get_gateway_principal(
     return _bound(request, principal)
 
 
+async def gateway_credentials(
+    request: Request, _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None
+) -> str:
+    """The key in ``x-api-key`` (where Anthropic's SDKs and Claude Code send it), else the
+    bearer credential."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        if not request.headers.get("authorization"):
+            raise exc.MissingCredentials(
+                hint="Send 'x-api-key: <kb_ API key>' or 'Authorization: Bearer <token>'."
+            )
+        return await bearer_credentials(request)
+    if not key.strip():
+        raise exc.MalformedToken("The x-api-key header is empty.")
+    return key.strip()
+
+
+async def get_gateway_key_principal(
+    request: Request,
+    token: Annotated[str, Depends(gateway_credentials)],
+    settings: SettingsDep,
+    keyring: KeyRingDep,
+    sessionmaker: SessionmakerDep,
+    key_cache: KeyCacheDep,
+) -> Principal:
+    """``get_gateway_principal``, with the credential also read from ``x-api-key``."""
+    return await get_gateway_principal(request, token, settings, keyring, sessionmaker, key_cache)
+
+
 def _bound(request: Request, principal: Principal) -> Principal:
     """The principal, with its user and key bound to the request's log line."""
     state = request.scope.setdefault("state", {})
@@ -162,6 +191,7 @@ async def get_token_user(principal: Annotated[Principal, Depends(get_principal)]
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 GatewayPrincipal = Annotated[Principal, Depends(get_gateway_principal)]
+GatewayKeyPrincipal = Annotated[Principal, Depends(get_gateway_key_principal)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin_user)]
 TokenUser = Annotated[User, Depends(get_token_user)]

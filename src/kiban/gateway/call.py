@@ -80,7 +80,7 @@ class Call:
     admission: Admission
     principal: Principal
     request_id: str
-    endpoint: str  # "ai_test" | "ai_stream" | "chat_completions"
+    endpoint: str  # "ai_test" | "ai_stream" | "chat_completions" | "messages" | "embeddings"
     log_fields: dict[str, Any]
     streamed: bool = False
     model: ModelSpec | None = None
@@ -165,6 +165,7 @@ class Call:
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cached_tokens,
+                usage.cache_write_tokens,
             )
         elif status == UsageStatus.REJECTED:
             cost = Decimal(0)
@@ -227,6 +228,7 @@ class Call:
             "completion_tokens": outcome.usage.completion_tokens,
             "total_tokens": outcome.usage.total_tokens,
             "cached_tokens": outcome.usage.cached_tokens,
+            "cache_write_tokens": outcome.usage.cache_write_tokens,
             "estimated_cost": outcome.cost,
             "response_time_ms": outcome.response_time_ms,
             "time_to_first_token_ms": outcome.ttft_ms,

@@ -11,7 +11,7 @@ from kiban.gateway.exceptions import ModelNotFound
 from kiban.settings import ConfigurationError, Settings
 
 SHIPPED_MODELS_FILE = Path(__file__).with_name("models.toml")
-PROVIDERS = ("openai", "extractive")
+PROVIDERS = ("openai", "anthropic", "extractive")
 ENCODINGS = ("o200k_base", "cl100k_base")
 EXTRACTIVE = "extractive"
 
@@ -50,6 +50,11 @@ def upstream_configured(settings: Settings) -> bool:
     return settings.openai_api_key is not None or bool(settings.openai_base_url)
 
 
+def anthropic_configured(settings: Settings) -> bool:
+    """Whether an Anthropic upstream is configured (a key, a base URL, or both)."""
+    return settings.anthropic_api_key is not None or bool(settings.anthropic_base_url)
+
+
 def load_catalog(settings: Settings) -> Catalog:
     """Read the models file; raise ``ConfigurationError`` naming the problem."""
     path = settings.models_file or SHIPPED_MODELS_FILE
@@ -58,10 +63,13 @@ def load_catalog(settings: Settings) -> Catalog:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"Cannot read the models file {path}: {exc}") from exc
     with_upstream = upstream_configured(settings)
+    with_anthropic = anthropic_configured(settings)
     models: dict[str, ModelSpec] = {}
     for name, entry in (data.get("models") or {}).items():
         spec = _spec(path, name, entry)
         if spec.provider == "openai" and not with_upstream:
+            continue
+        if spec.provider == "anthropic" and not with_anthropic:
             continue
         models[name] = spec
     if EXTRACTIVE not in models:
@@ -81,7 +89,8 @@ def load_catalog(settings: Settings) -> Catalog:
     if default not in models:
         raise ConfigurationError(
             f"KIBAN_DEFAULT_MODEL={default!r} is not served; the models are {sorted(models)} "
-            f"(from {path}; 'openai' models need OPENAI_API_KEY or OPENAI_BASE_URL)."
+            f"(from {path}; 'openai' models need OPENAI_API_KEY or OPENAI_BASE_URL, 'anthropic' "
+            "models ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL)."
         )
     return Catalog(models, default)
 
@@ -105,7 +114,7 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
             encoding=encoding,
             fallbacks=tuple(str(f) for f in entry.get("fallbacks", ())),
             description=str(entry.get("description", "")),
-            owned_by="kiban" if provider == "extractive" else "openai",
+            owned_by="kiban" if provider == "extractive" else provider,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{path}: model {name!r}: {exc}") from exc

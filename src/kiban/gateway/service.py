@@ -18,10 +18,18 @@ from kiban.core.context import current_request_id
 from kiban.gateway import grounding
 from kiban.gateway.admission import Admission
 from kiban.gateway.call import Call, Recorder
-from kiban.gateway.catalog import Catalog, ModelSpec, load_catalog, upstream_configured
+from kiban.gateway.catalog import (
+    Catalog,
+    ModelSpec,
+    anthropic_configured,
+    load_catalog,
+    upstream_configured,
+)
 from kiban.gateway.pricing import PriceTable, load_prices
+from kiban.gateway.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicProvider
 from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.extractive import ExtractiveProvider
+from kiban.gateway.providers.http import UpstreamPools
 from kiban.gateway.providers.openai import OpenAIProvider
 from kiban.gateway.tokenizer import count_text, encoding
 from kiban.knowledge import RetrievedChunk, Retriever, retrieve
@@ -66,8 +74,10 @@ class Gateway:
         admission: Admission,
         retriever: Retriever,
         sessionmaker: async_sessionmaker[AsyncSession],
+        pools: UpstreamPools | None = None,
     ) -> None:
         self.settings = settings
+        self.pools = pools  # the upstream connections shared by providers, closed last
         self.sessionmaker = sessionmaker
         self.admission = admission
         self.retriever = retriever
@@ -97,8 +107,17 @@ class Gateway:
         config = config or GatewayConfig.load(settings)
         catalog, prices = config.catalog, config.prices
         providers: dict[str, Provider] = {"extractive": ExtractiveProvider()}
+        pools = UpstreamPools(settings)
         if upstream_configured(settings):
             providers["openai"] = OpenAIProvider(settings, catalog)
+        if anthropic_configured(settings):
+            key = settings.anthropic_api_key
+            providers["anthropic"] = AnthropicProvider(
+                settings,
+                base_url=settings.anthropic_base_url or ANTHROPIC_BASE_URL,
+                api_key=key.get_secret_value() if key else None,
+                pools=pools,
+            )
         for name, spec in catalog.models.items():
             if prices.price(name, spec.upstream_model) is None:
                 log.warning("model_has_no_price", model=name, hint="its cost is recorded as NULL")
@@ -109,7 +128,9 @@ class Gateway:
             batch_size=settings.ledger_batch_size,
             flush_interval=settings.ledger_flush_interval_seconds,
         )
-        return cls(settings, catalog, prices, providers, ledger, admission, retriever, sessionmaker)
+        return cls(
+            settings, catalog, prices, providers, ledger, admission, retriever, sessionmaker, pools
+        )
 
     async def start(self) -> None:
         self.ledger.start()
@@ -122,6 +143,8 @@ class Gateway:
         await self.ledger.close()
         for provider in self.providers.values():
             await provider.aclose()
+        if self.pools is not None:
+            await self.pools.aclose()
 
     def track(self, task: asyncio.Future[Any]) -> None:
         """Keep a background task alive until it is done (and awaited at shutdown)."""

@@ -36,6 +36,7 @@ EXPORT_COLUMNS = (
     "completion_tokens",
     "total_tokens",
     "cached_tokens",
+    "cache_write_tokens",
     "estimated_cost",
     "response_time_ms",
     "time_to_first_token_ms",

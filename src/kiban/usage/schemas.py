@@ -32,6 +32,7 @@ class UsageEntry(BaseModel):
     completion_tokens: int
     total_tokens: int
     cached_tokens: int
+    cache_write_tokens: int = 0
     estimated_cost: Decimal | None
     response_time_ms: float
     time_to_first_token_ms: float | None

@@ -1,0 +1,522 @@
+"""Anthropic's Messages request read into an OpenAI chat body; chat answers written back.
+
+This is how ``POST /v1/messages`` reaches whatever serves a model: the flow and every provider
+take an OpenAI chat body and answer in OpenAI's shapes (or in plain text: the extractive engine).
+
+``cache_control`` (a caching hint, not content) rides on the chat body's text parts, tool
+results and tools, so that the ``anthropic`` provider sends it back; a tool result's ``is_error``
+rides on its ``tool`` message. ``for_openai`` takes both off (the error folded into the result's
+text) before an OpenAI-compatible upstream sees the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kiban.gateway.exceptions import InvalidRequest, Untranslatable
+from kiban.gateway.providers.base import TokenUsage
+
+ACCEPTED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "service_tier",
+    }
+)
+# OpenAI's finish reasons as Anthropic's stop reasons.
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+TOOL_ERROR_PREFIX = "Error: "
+
+
+@dataclass
+class MessagesRequest:
+    """A ``/v1/messages`` request, checked and translated."""
+
+    model: str | None
+    body: dict[str, Any]  # the OpenAI chat body
+    max_tokens: int
+    stream: bool
+    anthropic_only: bool  # the body carries cache_control or is_error (``for_openai`` strips)
+
+
+def _int(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"'{name}' must be an integer of at least {minimum}.", param=name)
+    return value
+
+
+def _number(body: dict[str, Any], chat: dict[str, Any], name: str, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
+        raise InvalidRequest(f"'{name}' must be a number between 0 and {high:g}.", param=name)
+    chat[name] = value
+
+
+def read_request(body: Any) -> MessagesRequest:
+    """Check an Anthropic Messages body and translate it (400 naming the field otherwise)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    unknown = sorted(set(body) - ACCEPTED)
+    if unknown:
+        raise Untranslatable(
+            f"kiban does not support the field '{unknown[0]}' on /v1/messages.", param=unknown[0]
+        )
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    if "max_tokens" not in body:
+        raise InvalidRequest("'max_tokens' is required.", param="max_tokens")
+    max_tokens = _int(body["max_tokens"], "max_tokens", minimum=1)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    extras = _Extras()
+    messages = _system(body.get("system"), extras)
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for index, message in enumerate(raw_messages):
+        messages.extend(_message(message, index, extras))
+    chat: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens}
+    if stream:
+        chat["stream"] = True
+    _number(body, chat, "temperature", 1)
+    _number(body, chat, "top_p", 1)
+    if body.get("top_k") is not None:
+        chat["top_k"] = _int(body["top_k"], "top_k", minimum=0)
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise InvalidRequest(
+                "'stop_sequences' must be an array of strings.", param="stop_sequences"
+            )
+        if stops:
+            chat["stop"] = stops
+    if body.get("tools") is not None:
+        chat["tools"] = _tools(body["tools"], extras)
+    if body.get("tool_choice") is not None:
+        _tool_choice(body["tool_choice"], chat)
+    _metadata(body.get("metadata"), chat)
+    thinking = body.get("thinking")
+    if thinking is not None and not (
+        isinstance(thinking, dict) and thinking.get("type") == "disabled"
+    ):
+        raise Untranslatable("Extended thinking is not supported through kiban.", param="thinking")
+    tier = body.get("service_tier")
+    if tier is not None and tier != "auto":
+        raise Untranslatable("Only service_tier 'auto' is supported.", param="service_tier")
+    return MessagesRequest(model, chat, max_tokens, stream, extras.found)
+
+
+class _Extras:
+    found = False
+
+
+def _cached(target: dict[str, Any], block: dict[str, Any], extras: _Extras) -> dict[str, Any]:
+    if block.get("cache_control") is not None:
+        target["cache_control"] = block["cache_control"]
+        extras.found = True
+    return target
+
+
+def _text_block(block: dict[str, Any], where: str, extras: _Extras) -> dict[str, Any]:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{where}.text must be a string.", param=f"{where}.text")
+    if block.get("citations"):
+        raise Untranslatable(
+            "Citations are not supported through kiban.", param=f"{where}.citations"
+        )
+    return _cached({"type": "text", "text": text}, block, extras)
+
+
+def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """One plain text as a string (what every upstream takes); parts only when they carry more."""
+    if len(parts) == 1 and "cache_control" not in parts[0]:
+        return str(parts[0]["text"])
+    return parts
+
+
+def _system(system: Any, extras: _Extras) -> list[dict[str, Any]]:
+    if system is None or system == "":
+        return []
+    if isinstance(system, str):
+        return [{"role": "system", "content": system}]
+    if not isinstance(system, list):
+        raise InvalidRequest(
+            "'system' must be a string or an array of text blocks.", param="system"
+        )
+    parts = []
+    for index, block in enumerate(system):
+        where = f"system[{index}]"
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise Untranslatable(f"{where} must be a text block.", param=f"{where}.type")
+        parts.append(_text_block(block, where, extras))
+    return [{"role": "system", "content": _content(parts)}] if parts else []
+
+
+def _message(message: Any, index: int, extras: _Extras) -> list[dict[str, Any]]:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        raise InvalidRequest(
+            f"{where} must be an object with a role ('user' or 'assistant').", param=f"{where}.role"
+        )
+    role = message["role"]
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            f"{where}.content must be a string or an array of blocks.", param=f"{where}.content"
+        )
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for number, block in enumerate(content):
+        at = f"{where}.content[{number}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append(_text_block(block, at, extras))
+        elif kind == "tool_use" and role == "assistant":
+            calls.append(_tool_call(block, at))
+        elif kind == "tool_result" and role == "user":
+            results.append(_tool_result(block, at, extras))
+        else:
+            raise Untranslatable(
+                f"{at}: content blocks of type {kind!r} are not supported through kiban "
+                "(text, tool_use and tool_result are).",
+                param=f"{at}.type",
+            )
+    if role == "assistant":
+        out: dict[str, Any] = {"role": "assistant", "content": _content(parts) if parts else None}
+        if calls:
+            out["tool_calls"] = calls
+        return [out]
+    # A tool message must follow the assistant's call directly: the results first, then the text.
+    return results + ([{"role": "user", "content": _content(parts)}] if parts else [])
+
+
+def _tool_call(block: dict[str, Any], at: str) -> dict[str, Any]:
+    if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+        raise InvalidRequest(f"{at}: a tool_use block needs an id and a name.", param=at)
+    arguments = block.get("input", {})
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(f"{at}.input must be an object.", param=f"{at}.input")
+    return {
+        "id": block["id"],
+        "type": "function",
+        "function": {"name": block["name"], "arguments": orjson.dumps(arguments).decode()},
+    }
+
+
+def _tool_result(block: dict[str, Any], at: str, extras: _Extras) -> dict[str, Any]:
+    if not isinstance(block.get("tool_use_id"), str):
+        raise InvalidRequest(f"{at}.tool_use_id must be a string.", param=f"{at}.tool_use_id")
+    content = block.get("content", "")
+    if isinstance(content, list):
+        texts = []
+        for number, part in enumerate(content):
+            inner = f"{at}.content[{number}]"
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else None
+                raise Untranslatable(
+                    f"{inner}: tool results of type {kind!r} are not supported (text is).",
+                    param=f"{inner}.type",
+                )
+            texts.append(str(_text_block(part, inner, extras)["text"]))
+        content = "\n".join(texts)
+    elif not isinstance(content, str):
+        raise InvalidRequest(
+            f"{at}.content must be a string or text blocks.", param=f"{at}.content"
+        )
+    out: dict[str, Any] = {"role": "tool", "tool_call_id": block["tool_use_id"], "content": content}
+    if block.get("is_error"):
+        out["is_error"] = True
+        extras.found = True
+    return _cached(out, block, extras)
+
+
+def _tools(tools: Any, extras: _Extras) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    out = []
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"{where} must be an object.", param=where)
+        if tool.get("type") not in (None, "custom"):
+            raise Untranslatable(
+                f"{where}: Anthropic's server tools ({tool['type']!r}) are not supported through "
+                "kiban (custom tools are).",
+                param=f"{where}.type",
+            )
+        if not isinstance(tool.get("name"), str):
+            raise InvalidRequest(f"{where}.name must be a string.", param=f"{where}.name")
+        schema = tool.get("input_schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                f"{where}.input_schema must be an object.", param=f"{where}.input_schema"
+            )
+        function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
+        if tool.get("description") is not None:
+            function["description"] = tool["description"]
+        out.append(_cached({"type": "function", "function": function}, tool, extras))
+    return out
+
+
+def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "auto":
+        chat["tool_choice"] = "auto"
+    elif kind == "any":
+        chat["tool_choice"] = "required"
+    elif kind == "none":
+        chat["tool_choice"] = "none"
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise InvalidRequest(
+            "'tool_choice' must be {type: auto | any | none} or {type: tool, name}.",
+            param="tool_choice",
+        )
+    if choice.get("disable_parallel_tool_use"):
+        chat["parallel_tool_calls"] = False
+
+
+def _metadata(metadata: Any, chat: dict[str, Any]) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("'metadata' must be an object.", param="metadata")
+    for key, value in metadata.items():
+        if key != "user_id":
+            raise Untranslatable(
+                f"metadata.{key} is not supported (user_id is).", param=f"metadata.{key}"
+            )
+        if value is not None:
+            chat["user"] = str(value)
+
+
+def for_openai(body: dict[str, Any]) -> None:
+    """Take Anthropic's own hints off a translated body, in place, for an OpenAI upstream: its
+    ``cache_control`` (OpenAI caches by itself), and a tool error folded into the result's text."""
+    for tool in body.get("tools") or ():
+        tool.pop("cache_control", None)
+    for message in body["messages"]:
+        message.pop("cache_control", None)
+        if message.pop("is_error", False):
+            message["content"] = TOOL_ERROR_PREFIX + str(message.get("content") or "")
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                part.pop("cache_control", None)
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def stop_reason(finish_reason: str | None) -> str:
+    return STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def tool_input(arguments: Any) -> Any:
+    """A tool call's JSON arguments as Anthropic's ``input`` object (a model's malformed
+    arguments are kept, under ``_raw_arguments``, rather than lost)."""
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"_raw_arguments": arguments}
+
+
+def message_json(
+    *,
+    message_id: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    usage: TokenUsage,
+    raw: bytes | None,
+) -> dict[str, Any]:
+    """An Anthropic ``message`` from a chat answer (the upstream's chat body when there is one)."""
+    calls: list[Any] = []
+    if raw is not None:
+        try:
+            choice = orjson.loads(raw)["choices"][0]
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            calls = message.get("tool_calls") or []
+            finish_reason = choice.get("finish_reason") or finish_reason
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            pass  # the provider read it already: its text and finish reason stand
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for call in calls:
+        function = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or "",
+                "name": function.get("name") or "",
+                "input": tool_input(function.get("arguments")),
+            }
+        )
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "tool_use" if calls else stop_reason(finish_reason),
+        "stop_sequence": None,
+        "usage": usage.anthropic_json(),
+    }
+
+
+def event(name: str, payload: dict[str, Any]) -> bytes:
+    """One Anthropic server-sent event (its ``type`` is its name)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+class EventWriter:
+    """Chat stream chunks in, Anthropic's stream events out: one writer per stream.
+
+    ``message_start`` (and a ``ping``) go out before the first block; each text run or tool call
+    is a content block (``content_block_start``, deltas, ``content_block_stop``); the end is one
+    ``message_delta`` with the stop reason and the whole usage, then ``message_stop``.
+    """
+
+    def __init__(self, message_id: str, model: str) -> None:
+        self.message_id = message_id
+        self.model = model
+        self.started = False
+        self.index = -1  # the open block's index (-1: none yet)
+        self.open: str | None = None  # "text" | "tool_use"
+        self.tools: dict[int, int] = {}  # a chat tool call's index -> its block's index
+        self.finish_reason: str | None = None
+
+    def start(self) -> bytes:
+        if self.started:
+            return b""
+        self.started = True
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return event("message_start", {"type": "message_start", "message": message}) + event(
+            "ping", {"type": "ping"}
+        )
+
+    def _close(self) -> bytes:
+        if self.open is None:
+            return b""
+        self.open = None
+        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def _open(self, block: dict[str, Any]) -> bytes:
+        out = self._close()
+        self.index += 1
+        self.open = block["type"]
+        return out + event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self.index, "content_block": block},
+        )
+
+    def text(self, text: str) -> bytes:
+        out = self.start()
+        if self.open != "text":
+            out += self._open({"type": "text", "text": ""})
+        return out + event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": self.index,
+                "delta": {"type": "text_delta", "text": text},
+            },
+        )
+
+    def tool_call(self, call: dict[str, Any]) -> bytes:
+        out = self.start()
+        position = call.get("index", 0)
+        function = call.get("function") or {}
+        if position not in self.tools:
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": call.get("id") or "",
+                "name": function.get("name") or "",
+                "input": {},
+            }
+            out += self._open(block)
+            self.tools[position] = self.index
+        elif self.tools[position] != self.index:
+            return out  # a late fragment of an earlier call: Anthropic's blocks do not interleave
+        arguments = function.get("arguments")
+        if arguments:
+            out += event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": self.index,
+                    "delta": {"type": "input_json_delta", "partial_json": arguments},
+                },
+            )
+        return out
+
+    def chat_chunk(self, chunk: dict[str, Any]) -> bytes:
+        """One parsed ``chat.completion.chunk``'s events (b"" when it adds none)."""
+        out = self.start()
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out += self.text(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                out += self.tool_call(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return out
+
+    def finish(self, finish_reason: str | None, usage: TokenUsage) -> bytes:
+        """The stream's end: the last block closed, the stop reason and usage, ``message_stop``."""
+        reason = "tool_use" if self.tools else stop_reason(finish_reason or self.finish_reason)
+        return (
+            self.start()
+            + self._close()
+            + event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": None},
+                    "usage": usage.anthropic_json(),
+                },
+            )
+            + event("message_stop", {"type": "message_stop"})
+        )
