@@ -19,13 +19,8 @@ from kiban.gateway.call import Call, Outcome
 from kiban.gateway.exceptions import InvalidRequest, anthropic_error_type
 from kiban.gateway.flow import Answer, Intent, Limits, Surface
 from kiban.gateway.providers.base import CompletionStream, StreamChunk
-from kiban.gateway.providers.translate.anthropic_to_chat import (
-    EventWriter,
-    event,
-    for_openai,
-    message_json,
-    read_request,
-)
+from kiban.gateway.providers.translate.anthropic_answers import EventWriter, event, message_json
+from kiban.gateway.providers.translate.anthropic_to_chat import for_openai, read_request
 from kiban.gateway.service import Gateway
 from kiban.gateway.streaming import StreamFormat
 

@@ -1,7 +1,8 @@
 """Pure translations between OpenAI's chat format and Anthropic's Messages format.
 
-``anthropic_to_chat``: a ``/v1/messages`` request read into the chat body every provider takes,
-and chat answers (whole, or chunk by chunk) written back as Anthropic's message and events.
+``anthropic_to_chat``: a ``/v1/messages`` request read into the chat body every provider takes;
+``anthropic_answers``: chat answers (whole, or chunk by chunk) written back as Anthropic's
+message and events.
 ``chat_to_anthropic``: a chat body sent as an Anthropic request (the ``anthropic`` provider), and
 Anthropic's answers read back as chat completions and chunks.
 
