@@ -80,6 +80,7 @@ async def test_message_from_an_openai_upstream(
         messages=QUESTION,  # type: ignore[arg-type]
     )
     assert message.type == "message"
+    assert message._request_id  # the request-id header, where the SDK reads it
     assert message.role == "assistant"
     assert message.model == "gpt-4o-mini"
     assert [b.type for b in message.content] == ["text"]
@@ -242,6 +243,7 @@ async def test_stream_speaks_anthropics_event_types(
         response = await client.post("/v1/messages", json=body, headers=user_headers)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["request-id"]
     names = [name for name, _ in sse_events(response.text) if name != "comment"]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert set(names[3:-3]) == {"content_block_delta"}

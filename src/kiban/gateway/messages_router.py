@@ -2,7 +2,8 @@
 
 Authenticated by kiban's credentials in ``x-api-key`` (what those clients send) or as a bearer;
 every error answers in Anthropic's shape (``{"type": "error", "error": {"type", "message"}}``),
-with kiban's ``code`` kept beside them. ``anthropic-version`` is accepted (any dated version;
+with kiban's ``code`` kept beside them, and the request id in a ``request-id`` header as
+Anthropic sends it. ``anthropic-version`` is accepted (any dated version;
 none is fine too) and not echoed, as Anthropic does not echo it; ``anthropic-beta`` is ignored.
 """
 
@@ -38,21 +39,25 @@ class AnthropicErrorRoute(APIRoute):
 
         async def route(request: Request) -> Response:
             try:
-                return await handler(request)
+                response = await handler(request)
             except AppError as exc:
                 if exc.status_code >= 500:
                     log.error("app_error", code=exc.error_code, message=exc.message)
-                request_id = current_request_id() or request.scope.get("state", {}).get(
-                    "request_id", ""
-                )
-                return Response(
-                    orjson.dumps(error_body(exc, request_id)),
+                response = Response(
+                    orjson.dumps(error_body(exc, _request_id(request))),
                     status_code=exc.status_code,
                     headers=exc.headers,
                     media_type="application/json",
                 )
+            # Where Anthropic's SDKs read it (``message._request_id``, their error messages).
+            response.headers["request-id"] = _request_id(request)
+            return response
 
         return route
+
+
+def _request_id(request: Request) -> str:
+    return current_request_id() or request.scope.get("state", {}).get("request_id", "")
 
 
 router = APIRouter(prefix="/v1", tags=["anthropic-compatible"], route_class=AnthropicErrorRoute)
