@@ -15,11 +15,15 @@ end with a tool result is answered with a short text and that tool call (``stop_
 Faults are ``tests.fake_upstream.Fault``: ``error`` (status, ``retry-after``, Anthropic's error
 body), ``hang``, ``cut`` (the connection dropped after N events), ``stall``; and
 ``stream_error`` events via ``Fault.error`` with ``body={"stream_error": "overloaded_error"}``.
+
+Run alone: ``python tests/fake_anthropic.py --port 9200`` (prints its address; any key accepted).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -355,3 +359,21 @@ async def _error(
     await _json(
         send, status, {"type": "error", "error": {"type": kind, "message": message}}, headers
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9200)
+    args = parser.parse_args()
+    fake = FakeAnthropic(host=args.host, port=args.port, key=None, keep_requests=False)
+    config = uvicorn.Config(
+        fake, host=args.host, port=args.port, log_level="warning", access_log=False
+    )
+    print(f"fake anthropic on http://{args.host}:{args.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
