@@ -235,6 +235,24 @@ async def test_streamed_message_matches_the_unstreamed_one(
     assert stream_record.time_to_first_token_ms is not None
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4-5"])
+async def test_a_message_cut_by_max_tokens_says_so(
+    app: FastAPI,
+    user_headers: dict[str, str],
+    upstream: FakeUpstream,
+    anthropic_upstream: FakeAnthropic,
+    model: str,
+) -> None:
+    client = sdk(app, user_headers)
+    whole = await client.messages.create(model=model, max_tokens=3, messages=QUESTION)  # type: ignore[arg-type]
+    async with client.messages.stream(model=model, max_tokens=3, messages=QUESTION) as stream:  # type: ignore[arg-type]
+        streamed = await stream.get_final_message()
+    for message in (whole, streamed):
+        assert message.stop_reason == "max_tokens"
+        assert message.content[0].text == "The quick brown"  # type: ignore[union-attr]
+        assert message.usage.output_tokens == 3
+
+
 async def test_stream_speaks_anthropics_event_types(
     app: FastAPI, user_headers: dict[str, str], anthropic_upstream: FakeAnthropic
 ) -> None:
@@ -542,6 +560,49 @@ async def test_anthropic_stream_cut_midway_is_recorded_with_its_tokens(
     sent = anthropic_upstream.requests[0].body
     assert record.prompt_tokens == FakeAnthropic.input_tokens(sent)  # said in message_start
     assert 0 < record.completion_tokens < len(DEFAULT_REPLY.split())
+
+
+async def test_the_sdk_raises_on_a_stream_that_fails_midway(
+    app: FastAPI, user_headers: dict[str, str], anthropic_upstream: FakeAnthropic
+) -> None:
+    from tests.fake_upstream import Fault
+
+    anthropic_upstream.script(Fault.cut(after_chunks=4))
+    client = sdk(app, user_headers)
+    texts: list[str] = []
+
+    async def read() -> None:
+        async with client.messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=100,
+            messages=QUESTION,  # type: ignore[arg-type]
+        ) as stream:
+            async for text in stream.text_stream:
+                texts.append(text)
+
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        await read()
+    assert texts  # what came before the cut reached the client
+    assert failed.value.body["error"]["code"] == "upstream_error"  # type: ignore[index]
+    [record] = await ledger(app)
+    assert record.status == "error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_anthropic_upstream_that_hangs_is_a_timeout(
+    app: FastAPI, user_headers: dict[str, str], anthropic_upstream: FakeAnthropic, stream: bool
+) -> None:
+    from tests.fake_upstream import Fault
+
+    anthropic_upstream.script(Fault.hang(3.0))  # the per-read timeout is 2 s in these tests
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 20, "stream": stream, "messages": QUESTION}
+    async with make_client(app) as client:
+        response = await client.post("/v1/messages", json=body, headers=user_headers)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert response.json()["error"]["type"] == "api_error"
+    [record] = await ledger(app)
+    assert (record.status, record.error_code) == ("error", "upstream_timeout")
 
 
 async def test_client_leaving_mid_stream_is_recorded_as_cancelled(

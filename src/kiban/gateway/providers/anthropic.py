@@ -89,7 +89,9 @@ class AnthropicProvider:
                 response = await self._post(body)
                 try:
                     raw = await response.read()
-                except aiohttp.ClientError as exc:
+                except TimeoutError:
+                    raise  # aiohttp's read timeout is a ClientError too: a timeout first
+                except aiohttp.ClientError as exc:  # the connection dropped mid-body
                     raise self._unreachable() from exc
                 finally:
                     response.release()
