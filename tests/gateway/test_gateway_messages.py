@@ -3,6 +3,7 @@ server and the fake OpenAI-compatible one; one exact ledger record each."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -256,10 +257,20 @@ async def test_a_message_cut_by_max_tokens_says_so(
 async def test_stream_speaks_anthropics_event_types(
     app: FastAPI, user_headers: dict[str, str], anthropic_upstream: FakeAnthropic
 ) -> None:
+    anthropic_upstream.cache_read = 2
     body = {"model": "claude-haiku-4-5", "max_tokens": 100, "stream": True, "messages": QUESTION}
     async with make_client(app) as client:
         response = await client.post("/v1/messages", json=body, headers=user_headers)
     assert response.status_code == 200
+    events = [(name, json.loads(data)) for name, data in sse_events(response.text)]
+    # message_start says the prompt's usage as the upstream said it in its own message_start.
+    prompt = FakeAnthropic.input_tokens(anthropic_upstream.requests[0].body)
+    assert events[0][1]["message"]["usage"] == {
+        "input_tokens": prompt - 2,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 2,
+    }
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["request-id"]
     names = [name for name, _ in sse_events(response.text) if name != "comment"]

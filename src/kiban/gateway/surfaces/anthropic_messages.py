@@ -62,6 +62,11 @@ class MessagesStreamFormat(StreamFormat):
         model = call.model.name if call.model else call.model_name
         self.writer = EventWriter(f"msg_{call.request_id}", model)
 
+    def begin(self, stream: CompletionStream) -> None:
+        # message_start carries the usage the upstream has said by then (Anthropic's, its
+        # message_start's: the prompt and its cache figures), read when the first event goes out.
+        self.writer.usage = lambda: stream.usage
+
     def chunk(self, chunk: StreamChunk) -> bytes | None:
         if chunk.raw is not None:
             if chunk.usage_only:

@@ -7,6 +7,7 @@ the usage the call recorded (Anthropic's ``input_tokens`` leaves the cached part
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -90,7 +91,8 @@ def event(name: str, payload: dict[str, Any]) -> bytes:
 class EventWriter:
     """Chat stream chunks in, Anthropic's stream events out: one writer per stream.
 
-    ``message_start`` (and a ``ping``) go out before the first block; each text run or tool call
+    ``message_start`` (with the usage known by then, else zeros; and a ``ping``) goes out before
+    the first block; each text run or tool call
     is a content block (``content_block_start``, deltas, ``content_block_stop``); the end is one
     ``message_delta`` with the stop reason and the whole usage, then ``message_stop``.
     """
@@ -103,11 +105,14 @@ class EventWriter:
         self.open: str | None = None  # "text" | "tool_use"
         self.tools: dict[int, int] = {}  # a chat tool call's index -> its block's index
         self.finish_reason: str | None = None
+        self.usage: Callable[[], TokenUsage | None] = lambda: None  # what is known at the start
 
     def start(self) -> bytes:
         if self.started:
             return b""
         self.started = True
+        known = self.usage()
+        usage = known.anthropic_json() if known is not None else {}
         message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
@@ -116,7 +121,7 @@ class EventWriter:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": 0, **usage, "output_tokens": 0},
         }
         return event("message_start", {"type": "message_start", "message": message}) + event(
             "ping", {"type": "ping"}
