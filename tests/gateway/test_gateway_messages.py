@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from kiban.models import User
 from tests.conftest import make_client
-from tests.factories import ledger
+from tests.factories import ledger, upload
 from tests.gateway.gateway_helpers import (
     DEFAULT_REPLY,
     FakeAnthropic,
@@ -516,6 +516,32 @@ async def test_the_extractive_engine_answers_in_anthropics_shape(
     assert [(r.endpoint, r.status, r.provider) for r in records] == [
         ("messages", "no_context", "extractive")
     ] * 2
+
+
+async def test_the_extractive_engine_quotes_documents_through_messages(
+    app: FastAPI, user_headers: dict[str, str]
+) -> None:
+    async with make_client(app) as client:
+        await upload(
+            client,
+            user_headers,
+            "foxes.txt",
+            "Foxes are small omnivores. Foxes live on every continent except Antarctica.",
+            content_type="text/plain",
+            expect=201,
+        )
+    ask = [{"role": "user", "content": "Where do foxes live?"}]
+    client = sdk(app, user_headers)
+    message = await client.messages.create(model="extractive", max_tokens=100, messages=ask)  # type: ignore[arg-type]
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert "Antarctica" in text
+    async with client.messages.stream(model="extractive", max_tokens=100, messages=ask) as stream:  # type: ignore[arg-type]
+        streamed = "".join([t async for t in stream.text_stream])
+    assert streamed == text
+    records = await ledger(app)
+    assert [(r.endpoint, r.status) for r in records] == [("messages", "ok")] * 2
+    assert records[0].source_ids
+    assert message.usage.output_tokens == records[0].completion_tokens > 0
 
 
 async def test_count_tokens_counts_without_metering(
