@@ -25,7 +25,10 @@ from tests.gateway.gateway_helpers import sse_events
 
 words = st.text(alphabet="abcdefgh xyz.", min_size=1, max_size=30).filter(str.strip)
 names = st.text(alphabet="abcdefgh_", min_size=1, max_size=12)
-inputs = st.dictionaries(names, st.one_of(st.integers(), words, st.booleans()), max_size=3)
+# JSON from the wire: orjson reads integers past 64 bits as floats.
+inputs = st.dictionaries(
+    names, st.one_of(st.integers(-(2**63), 2**63 - 1), words, st.booleans()), max_size=3
+)
 cache = st.sampled_from([None, {"type": "ephemeral"}])
 
 
@@ -58,14 +61,15 @@ def conversations(draw: st.DrawFn) -> dict[str, Any]:
         else:
             content = [text_block(draw(words), None)] if draw(st.booleans()) else []
             for number in range(draw(st.integers(0 if content else 1, 2))):
-                content.append(
-                    {
-                        "type": "tool_use",
-                        "id": f"toolu_{turn}_{number}",
-                        "name": draw(names),
-                        "input": draw(inputs),
-                    }
-                )
+                call = {
+                    "type": "tool_use",
+                    "id": f"toolu_{turn}_{number}",
+                    "name": draw(names),
+                    "input": draw(inputs),
+                }
+                if draw(st.booleans()):
+                    call["cache_control"] = {"type": "ephemeral"}
+                content.append(call)
             messages.append({"role": "assistant", "content": content})
     body: dict[str, Any] = {"model": "m", "max_tokens": draw(st.integers(1, 5000))}
     system = [text_block(draw(words), draw(cache))] if draw(st.booleans()) else []
@@ -182,6 +186,19 @@ USER = [{"role": "user", "content": "x"}]
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
         ({"metadata": {"tenant": "a"}}, "metadata.tenant"),
         ({"service_tier": "standard_only"}, "service_tier"),
+        ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "x", "lang": "en"}]}
+                ]
+            },
+            "messages[0].content[0].lang",
+        ),
+        (
+            {"tools": [{"name": "f", "input_schema": {}, "input_examples": [{"a": 1}]}]},
+            "tools[0].input_examples",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
             "messages[0].content[0].type",
@@ -224,7 +241,12 @@ def test_what_cannot_cross_to_chat_is_refused(extra: dict[str, Any], param: str)
         ({"temperature": 1.5}, "temperature"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0].type"),
-        ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "name": "bob", "content": "x"}]}, "messages[0].name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            "tools[0].function.strict",
+        ),
         (
             {
                 "messages": [
@@ -241,6 +263,31 @@ def test_what_cannot_cross_to_anthropic_is_refused(extra: dict[str, Any], param:
             {"messages": USER, **extra}, model="m", default_max_tokens=5, stream=False
         )
     assert refused.value.extra["param"] == param
+
+
+def test_an_assistant_message_sent_back_as_the_openai_sdk_dumps_it_crosses() -> None:
+    replayed = {
+        "role": "assistant",
+        "content": "Hi.",
+        "refusal": None,
+        "annotations": [],
+        "audio": None,
+        "function_call": None,
+        "tool_calls": None,
+    }
+    sent = anthropic_request(
+        {
+            "messages": [*USER, replayed],
+            "tools": [{"type": "function", "function": {"name": "f", "strict": False}}],
+        },
+        model="m",
+        default_max_tokens=5,
+        stream=False,
+    )
+    assert sent["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Hi."}],
+    }
 
 
 def test_neutral_chat_values_cross_and_the_default_max_tokens_fills_in() -> None:

@@ -125,6 +125,21 @@ class _Extras:
     found = False
 
 
+_TEXT_KEYS = frozenset({"type", "text", "cache_control", "citations"})
+_TOOL_USE_KEYS = frozenset({"type", "id", "name", "input", "cache_control"})
+_TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error", "cache_control"})
+_TOOL_KEYS = frozenset({"type", "name", "description", "input_schema", "cache_control"})
+
+
+def only(obj: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """Refuse a key the translation would lose (an empty value loses nothing)."""
+    for key, value in obj.items():
+        if key not in allowed and not (value is None or value == [] or value == {}):
+            raise Untranslatable(
+                f"{where}.{key} is not supported through kiban.", param=f"{where}.{key}"
+            )
+
+
 def _cached(target: dict[str, Any], block: dict[str, Any], extras: _Extras) -> dict[str, Any]:
     if block.get("cache_control") is not None:
         target["cache_control"] = block["cache_control"]
@@ -133,6 +148,7 @@ def _cached(target: dict[str, Any], block: dict[str, Any], extras: _Extras) -> d
 
 
 def _text_block(block: dict[str, Any], where: str, extras: _Extras) -> dict[str, Any]:
+    only(block, _TEXT_KEYS, where)
     text = block.get("text")
     if not isinstance(text, str):
         raise InvalidRequest(f"{where}.text must be a string.", param=f"{where}.text")
@@ -174,6 +190,7 @@ def _message(message: Any, index: int, extras: _Extras) -> list[dict[str, Any]]:
         raise InvalidRequest(
             f"{where} must be an object with a role ('user' or 'assistant').", param=f"{where}.role"
         )
+    only(message, frozenset({"role", "content"}), where)
     role = message["role"]
     content = message.get("content")
     if isinstance(content, str):
@@ -191,7 +208,7 @@ def _message(message: Any, index: int, extras: _Extras) -> list[dict[str, Any]]:
         if kind == "text":
             parts.append(_text_block(block, at, extras))
         elif kind == "tool_use" and role == "assistant":
-            calls.append(_tool_call(block, at))
+            calls.append(_cached(_tool_call(block, at), block, extras))
         elif kind == "tool_result" and role == "user":
             results.append(_tool_result(block, at, extras))
         else:
@@ -210,6 +227,7 @@ def _message(message: Any, index: int, extras: _Extras) -> list[dict[str, Any]]:
 
 
 def _tool_call(block: dict[str, Any], at: str) -> dict[str, Any]:
+    only(block, _TOOL_USE_KEYS, at)
     if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
         raise InvalidRequest(f"{at}: a tool_use block needs an id and a name.", param=at)
     arguments = block.get("input", {})
@@ -223,9 +241,11 @@ def _tool_call(block: dict[str, Any], at: str) -> dict[str, Any]:
 
 
 def _tool_result(block: dict[str, Any], at: str, extras: _Extras) -> dict[str, Any]:
+    only(block, _TOOL_RESULT_KEYS, at)
     if not isinstance(block.get("tool_use_id"), str):
         raise InvalidRequest(f"{at}.tool_use_id must be a string.", param=f"{at}.tool_use_id")
     content = block.get("content", "")
+    cached = block.get("cache_control")
     if isinstance(content, list):
         texts = []
         for number, part in enumerate(content):
@@ -236,7 +256,9 @@ def _tool_result(block: dict[str, Any], at: str, extras: _Extras) -> dict[str, A
                     f"{inner}: tool results of type {kind!r} are not supported (text is).",
                     param=f"{inner}.type",
                 )
-            texts.append(str(_text_block(part, inner, extras)["text"]))
+            text = _text_block(part, inner, extras)
+            cached = text.get("cache_control", cached)  # a breakpoint inside: the result's
+            texts.append(str(text["text"]))
         content = "\n".join(texts)
     elif not isinstance(content, str):
         raise InvalidRequest(
@@ -246,7 +268,7 @@ def _tool_result(block: dict[str, Any], at: str, extras: _Extras) -> dict[str, A
     if block.get("is_error"):
         out["is_error"] = True
         extras.found = True
-    return _cached(out, block, extras)
+    return _cached(out, {"cache_control": cached}, extras)
 
 
 def _tools(tools: Any, extras: _Extras) -> list[dict[str, Any]]:
@@ -257,7 +279,9 @@ def _tools(tools: Any, extras: _Extras) -> list[dict[str, Any]]:
         where = f"tools[{index}]"
         if not isinstance(tool, dict):
             raise InvalidRequest(f"{where} must be an object.", param=where)
-        if tool.get("type") not in (None, "custom"):
+        if tool.get("type") in (None, "custom"):
+            only(tool, _TOOL_KEYS, where)
+        else:
             raise Untranslatable(
                 f"{where}: Anthropic's server tools ({tool['type']!r}) are not supported through "
                 "kiban (custom tools are).",
@@ -319,6 +343,8 @@ def for_openai(body: dict[str, Any]) -> None:
         message.pop("cache_control", None)
         if message.pop("is_error", False):
             message["content"] = TOOL_ERROR_PREFIX + str(message.get("content") or "")
+        for call in message.get("tool_calls") or ():
+            call.pop("cache_control", None)
         content = message.get("content")
         if isinstance(content, list):
             for part in content:

@@ -17,6 +17,7 @@ import orjson
 
 from kiban.gateway.exceptions import InvalidRequest, Untranslatable
 from kiban.gateway.providers.base import TokenUsage
+from kiban.gateway.providers.translate.anthropic_to_chat import only
 
 # Chat fields that cross (the rest are refused by name, below, or as unknown).
 _CROSSING = frozenset(
@@ -57,6 +58,15 @@ FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+
+# A chat message's keys that cross (or are ours: is_error, cache_control); any other with a value
+# is refused (``name``, ``audio`` …); what the openai SDK sends back empty (refusal: null) passes.
+_MESSAGE_KEYS = frozenset(
+    {"role", "content", "tool_calls", "tool_call_id", "function_call", "is_error", "cache_control"}
+)
+_PART_KEYS = frozenset({"type", "text", "cache_control"})
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters"})
 
 
 def finish_reason(stop_reason: str | None) -> str | None:
@@ -134,6 +144,7 @@ def _text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 "through kiban (text parts can).",
                 param=f"{where}[{index}].type",
             )
+        only(part, _PART_KEYS, f"{where}[{index}]")
         if part.get("text"):
             block: dict[str, Any] = {"type": "text", "text": str(part["text"])}
             if part.get("cache_control") is not None:
@@ -156,6 +167,7 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         role = message.get("role")
+        only(message, _MESSAGE_KEYS, where)
         if role in ("system", "developer"):
             system.extend(_text_blocks(message.get("content"), f"{where}.content"))
         elif role == "user":
@@ -207,12 +219,15 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
             f"{where}.function.arguments must be a JSON object.",
             param=f"{where}.function.arguments",
         )
-    return {
+    block = {
         "type": "tool_use",
         "id": str(call.get("id") or ""),
         "name": str(function.get("name") or ""),
         "input": value,
     }
+    if call.get("cache_control") is not None:
+        block["cache_control"] = call["cache_control"]
+    return block
 
 
 def _tool(tool: Any, index: int) -> dict[str, Any]:
@@ -220,6 +235,10 @@ def _tool(tool: Any, index: int) -> dict[str, Any]:
     function = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(function, dict) or tool.get("type") != "function":
         raise Untranslatable(f"{where}: only function tools can cross.", param=f"{where}.type")
+    # strict: false is the default: nothing to lose; strict: true has no equivalent.
+    if function.get("strict") is False:
+        function = {k: v for k, v in function.items() if k != "strict"}
+    only(function, _FUNCTION_KEYS, f"{where}.function")
     out: dict[str, Any] = {
         "name": str(function.get("name") or ""),
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
