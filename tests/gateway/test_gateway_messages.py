@@ -383,11 +383,19 @@ async def test_errors_answer_in_anthropics_shape(
         )  # type: ignore[arg-type]
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     assert missing.value.body["error"]["code"] == "model_not_found"  # type: ignore[index]
+    cached = [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]
+    with pytest.raises(anthropic.NotFoundError):
+        await sdk(app, user_headers).messages.create(
+            model="no-such-claude",
+            max_tokens=10,
+            messages=[{"role": "user", "content": cached}],  # type: ignore[list-item]
+        )
     assert upstream.requests == []
     records = await ledger(app)
-    assert [(r.status, r.error_code) for r in records] == [
-        ("rejected", "invalid_request"),
-        ("rejected", "model_not_found"),
+    assert [(r.status, r.error_code, r.model) for r in records] == [
+        ("rejected", "invalid_request", "gpt-4o-mini"),
+        ("rejected", "model_not_found", "no-such-model"),
+        ("rejected", "model_not_found", "no-such-claude"),
     ]
 
 

@@ -91,12 +91,10 @@ class MessagesSurface(Surface):
 
     async def respond(self, gateway: Gateway, call: Call, intent: Intent) -> Answer | None:
         """Not an answer of its own: only Anthropic's hints taken off for any other upstream."""
-        if (
-            isinstance(intent, MessagesIntent)
-            and intent.anthropic_only
-            and gateway.catalog.resolve(intent.model).provider != "anthropic"
-        ):
-            for_openai(intent.body)
+        if isinstance(intent, MessagesIntent) and intent.anthropic_only:
+            call.model_name = intent.model or gateway.catalog.default  # recorded if unknown
+            if gateway.catalog.resolve(intent.model).provider != "anthropic":
+                for_openai(intent.body)
         return None
 
     def body(self, call: Call, answer: Answer) -> bytes:
