@@ -484,6 +484,81 @@ async def test_sdk_with_its_default_key_header_authenticates(
     assert message.content[0].text  # type: ignore[union-attr]
 
 
+async def test_an_sdk_configured_only_by_its_environment_works(
+    app: FastAPI,
+    user: User,
+    upstream: FakeUpstream,
+    session: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY, as Claude Code and the SDKs read them."""
+    from kiban.auth import create_api_key
+
+    created = await create_api_key(session, user, "env")
+    await session.commit()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://testserver")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", created.plaintext)
+    client = anthropic.AsyncAnthropic(
+        max_retries=0, http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
+    )
+    message = await client.messages.create(model="gpt-4o-mini", max_tokens=20, messages=QUESTION)  # type: ignore[arg-type]
+    assert message.content[0].text == DEFAULT_REPLY  # type: ignore[union-attr]
+    [record] = await ledger(app)
+    assert record.api_key_id == created.record.id
+
+
+async def test_a_request_shaped_like_claude_codes_is_served(
+    app: FastAPI, user: User, anthropic_upstream: FakeAnthropic, session: Any
+) -> None:
+    """What Claude Code sends: its key in x-api-key, beta headers, ?beta=true, cache breakpoints
+    on the system blocks, the tools and the last turn, a user id in metadata, a stream."""
+    from kiban.auth import create_api_key
+
+    created = await create_api_key(session, user, "claude-code")
+    await session.commit()
+    ephemeral = {"type": "ephemeral"}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 32000,
+        "stream": True,
+        "temperature": 1,
+        "metadata": {"user_id": "user_abc_account__session_1"},
+        "system": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": ephemeral},
+            {"type": "text", "text": "Work in /repo.", "cache_control": ephemeral},
+        ],
+        "tools": [{**WEATHER_TOOL, "cache_control": ephemeral}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in /repo?", "cache_control": ephemeral}
+                ],
+            }
+        ],
+    }
+    headers = {
+        "x-api-key": created.plaintext,
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+        "anthropic-dangerous-direct-browser-access": "true",
+        "x-app": "cli",
+        "user-agent": "claude-cli/2.0.0 (external, cli)",
+    }
+    async with make_client(app) as client:
+        response = await client.post("/v1/messages?beta=true", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    names = [name for name, _ in sse_events(response.text)]
+    assert names[0] == "message_start"
+    assert names[-1] == "message_stop"
+    [sent] = anthropic_upstream.requests
+    assert sent.body["system"] == body["system"]
+    assert sent.body["tools"] == body["tools"]
+    assert sent.body["messages"] == body["messages"]
+    assert sent.body["metadata"] == body["metadata"]
+    assert sent.body["max_tokens"] == 1024  # the free plan's cap
+
+
 async def test_a_malformed_anthropic_version_is_refused(
     app: FastAPI, user_headers: dict[str, str], upstream: FakeUpstream
 ) -> None:
