@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("saturation.py", []),
     ("gateway_overhead.py", ["--requests", "2000", "--concurrency", "32", "--seconds", "5"]),
+    ("messages_overhead.py", ["--requests", "1000"]),
     ("auth_overhead.py", []),
     ("retrieval_eval.py", []),
     ("analytics_summary.py", []),

@@ -305,4 +305,8 @@ def admin_headers(app: FastAPI, admin: User) -> dict[str, str]:
 def _no_dev_secret_in_repo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Settings() built inside code under test must not read the developer's .env or key file.
     monkeypatch.setenv("KIBAN_ENV", "test")
+    # A shell set up for Claude Code points these at some server: kiban would read them as its
+    # Anthropic upstream, and the anthropic SDK as its own.
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     return

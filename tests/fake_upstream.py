@@ -85,6 +85,9 @@ class FakeUpstream:
     chunk_delay_ms: float = 0.0
     cached_tokens: int = 0
     report_usage: bool = True
+    # {"name": ..., "arguments": "<json>"}: a request offering tools, not ending with a tool
+    # result, is answered with that one tool call (finish_reason "tool_calls").
+    tool_call: dict[str, Any] | None = None
     host: str = "127.0.0.1"
     port: int = 0
     keep_requests: bool = True
@@ -266,7 +269,33 @@ class FakeUpstream:
         else:
             await self._complete(send, body)
 
+    def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        last = (body.get("messages") or [{}])[-1]
+        if self.tool_call is None or not body.get("tools") or last.get("role") == "tool":
+            return None
+        return [{"id": "call_fake1", "type": "function", "function": dict(self.tool_call)}]
+
     async def _complete(self, send: Any, body: dict[str, Any]) -> None:
+        calls = self._calls(body)
+        if calls is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            payload = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": "tool_calls",
+                    }
+                ],
+                "usage": self._usage(body, 9),
+            }
+            await _json(send, 200, payload)
+            return
         pieces = self._pieces(body)
         text = "".join(pieces)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -330,10 +359,32 @@ class FakeUpstream:
                 ],
             }
         ]
-        events += [
-            {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-            for p in pieces
-        ]
+        calls = self._calls(body)
+        if calls is not None:
+            call = calls[0]
+            arguments = call["function"]["arguments"]
+            first = {
+                **call,
+                "index": 0,
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            deltas = [first] + [
+                {"index": 0, "function": {"arguments": part}}
+                for part in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :])
+            ]
+            events += [
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "finish_reason": None}],
+                }
+                for d in deltas
+            ]
+            pieces, finish = ["x"] * 9, "tool_calls"  # 9 completion tokens, as _complete says
+        else:
+            events += [
+                {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+                for p in pieces
+            ]
         events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if include_usage:
             for event in events:

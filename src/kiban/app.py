@@ -163,13 +163,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from kiban.auth import router as auth
     from kiban.billing import admin_router as billing_admin
     from kiban.billing import router as billing
+    from kiban.gateway import messages_router, v1_router
     from kiban.gateway import router as ai_router
-    from kiban.gateway import v1_router
     from kiban.knowledge import router as knowledge
     from kiban.quota import router as quota_router
 
     # The gateway's routers first: FastAPI tries routes in order, and they take the traffic.
     app.include_router(v1_router.router)
+    app.include_router(messages_router.router)
     app.include_router(ai_router.router)
     app.include_router(health.router)
     app.include_router(auth.router)

@@ -119,6 +119,19 @@ class Settings(BaseSettings):
             "openai_base_url", "KIBAN_OPENAI_BASE_URL", "OPENAI_BASE_URL"
         ),
     )
+    # An Anthropic upstream for the models whose provider is "anthropic" (ANTHROPIC_* work too).
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "anthropic_api_key", "KIBAN_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"
+        ),
+    )
+    anthropic_base_url: str | None = Field(  # None: https://api.anthropic.com
+        default=None,
+        validation_alias=AliasChoices(
+            "anthropic_base_url", "KIBAN_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"
+        ),
+    )
     upstream_timeout_seconds: float = Field(default=60.0, gt=0)  # one attempt, between bytes
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_deadline_seconds: float = Field(default=120.0, gt=0)  # all attempts and fallbacks

@@ -16,6 +16,7 @@ import pytest
 import kiban
 from kiban.core.metrics import REGISTRY
 from kiban.settings import Settings
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import DEFAULT_REPLY, FakeUpstream
 
 
@@ -40,6 +41,7 @@ def _fresh(server: FakeUpstream) -> FakeUpstream:
     server.chunk_delay_ms = 0.0
     server.cached_tokens = 0
     server.report_usage = True
+    server.tool_call = None
     return server
 
 
@@ -96,3 +98,18 @@ def _no_ledger_drops() -> Iterator[None]:
     yield
     after = REGISTRY.get_sample_value("kiban_ledger_records_dropped_total") or 0.0
     assert after == before, "the ledger dropped records"
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic_server() -> Iterator[FakeAnthropic]:
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def anthropic_upstream(fake_anthropic_server: FakeAnthropic) -> Iterator[FakeAnthropic]:
+    """The fake Anthropic server, with no scripted faults and default behaviour, for this test."""
+    fake_anthropic_server.reset()
+    yield fake_anthropic_server
+    fake_anthropic_server.reset()

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import DEFAULT_REPLY, FakeUpstream, Fault
 
-__all__ = ["DEFAULT_REPLY", "FakeUpstream", "Fault", "sse_events"]
+__all__ = [
+    "DEFAULT_REPLY",
+    "FakeAnthropic",
+    "FakeUpstream",
+    "Fault",
+    "sse_events",
+    "with_anthropic",
+]
+
+
+def with_anthropic(gateway_settings: dict[str, Any], fake: FakeAnthropic) -> dict[str, Any]:
+    """Gateway settings with the fake Anthropic server as the ``anthropic`` upstream too (a test
+    module overrides its ``gateway_settings`` fixture with these)."""
+    return {**gateway_settings, "anthropic_base_url": fake.base_url, "anthropic_api_key": fake.key}
 
 
 def sse_events(text: str) -> list[tuple[str, str]]:

@@ -47,12 +47,16 @@ def surfaces(*, grounded: bool) -> list[tuple[str, dict[str, Any]]]:
     chat: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
     if grounded:
         chat["kiban"] = {"grounded": True}
-    return [
+    surfaces = [
         ("/ai/test", ask),
         ("/ai/stream", ask),
         ("/v1/chat/completions", chat),
         ("/v1/chat/completions", {**chat, "stream": True}),
     ]
+    if not grounded:  # Anthropic's Messages API has no grounding extension
+        message = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
+        surfaces += [("/v1/messages", message), ("/v1/messages", {**message, "stream": True})]
+    return surfaces
 
 
 async def test_one_question_is_reserved_and_sent_alike_by_every_surface(
@@ -67,15 +71,17 @@ async def test_one_question_is_reserved_and_sent_alike_by_every_surface(
         assert response.status_code == 200, response.text
         assert "x-quota-remaining" in response.headers  # the limit headers, on every surface
     reserved = {(r.prompt_tokens, r.max_completion_tokens) for r in admission.requests}
-    assert len(admission.requests) == 4
+    assert len(admission.requests) == 6
     assert len(reserved) == 1
-    assert [r.body["messages"] for r in upstream.requests] == [MESSAGES] * 4
+    assert [r.body["messages"] for r in upstream.requests] == [MESSAGES] * 6
     records = await ledger(app)
     assert [(r.endpoint, r.streamed, r.status) for r in records] == [
         ("ai_test", False, "ok"),
         ("ai_stream", True, "ok"),
         ("chat_completions", False, "ok"),
         ("chat_completions", True, "ok"),
+        ("messages", False, "ok"),
+        ("messages", True, "ok"),
     ]
     assert len({(r.prompt_tokens, r.completion_tokens, r.estimated_cost) for r in records}) == 1
 

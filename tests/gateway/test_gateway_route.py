@@ -16,6 +16,8 @@ DIRECT = {
     ("POST", "/v1/embeddings"),
     ("POST", "/ai/test"),
     ("POST", "/ai/stream"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
 }
 
 

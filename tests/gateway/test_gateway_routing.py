@@ -414,13 +414,13 @@ def test_a_bad_deployment_refuses_to_start_naming_the_field(
         GatewayConfig.load(Settings(_env_file=None, models_file=path, openai_api_key=None))
 
 
-def test_an_anthropic_deployment_is_refused_until_its_provider_exists(tmp_path: Path) -> None:
+def test_a_deployment_of_an_unknown_kind_is_refused_naming_it(tmp_path: Path) -> None:
     path = write_models(
         tmp_path / "models.toml",
-        {"claude": {"kind": "anthropic", "base_url": "https://api.anthropic.com"}},
-        '[models."claude-sonnet-4"]\ndeployments = ["claude"]\n',
+        {"gem": {"kind": "gemini", "base_url": "https://example.invalid"}},
+        '[models."gem-1"]\ndeployments = ["gem"]\n',
     )
-    with pytest.raises(ConfigurationError, match=r"\[deployments.claude\] kind = 'anthropic'"):
+    with pytest.raises(ConfigurationError, match=r"\[deployments.gem\] kind"):
         GatewayConfig.load(Settings(_env_file=None, models_file=path, openai_api_key=None))
 
 

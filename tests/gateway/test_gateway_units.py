@@ -134,6 +134,16 @@ def test_models_file_without_upstream_serves_only_the_extractive_engine() -> Non
     assert {"gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "extractive"} <= set(with_key.names)
 
 
+def test_claude_models_are_served_only_with_an_anthropic_upstream() -> None:
+    claude = {"claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"}
+    assert not claude & set(load_catalog(Settings(_env_file=None, openai_api_key="sk-x")).names)
+    for upstream in ({"anthropic_api_key": "sk-ant"}, {"anthropic_base_url": "http://h:1"}):
+        catalog = load_catalog(Settings(_env_file=None, openai_api_key=None, **upstream))
+        assert claude <= set(catalog.names)
+        assert catalog.default == "extractive"  # a default model is asked for, not guessed
+        assert {catalog.models[m].owned_by for m in claude} == {"anthropic"}
+
+
 def test_bad_models_file_refuses_to_start(tmp_path: Path) -> None:
     path = tmp_path / "models.toml"
     path.write_text('[models.x]\nprovider = "magic"\n')

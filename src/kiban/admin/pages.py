@@ -35,6 +35,7 @@ ENDPOINT_PATHS = {
     "ai_stream": "/ai/stream",
     "chat_completions": "/v1/chat/completions",
     "embeddings": "/v1/embeddings",
+    "messages": "/v1/messages",
 }
 ENDPOINT_NAMES = {path: name for name, path in ENDPOINT_PATHS.items()}
 

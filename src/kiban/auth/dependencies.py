@@ -1,5 +1,5 @@
-"""Who is calling: `CurrentPrincipal`, `GatewayPrincipal`, `CurrentUser`, `AdminUser`,
-`TokenUser` and `KeyRingDep`."""
+"""Who is calling: `CurrentPrincipal`, `GatewayPrincipal` (and `GatewayKeyPrincipal`, which also
+reads `x-api-key`), `CurrentUser`, `AdminUser`, `TokenUser` and `KeyRingDep`."""
 
 from __future__ import annotations
 
@@ -111,14 +111,15 @@ async def get_gateway_principal(
     return await authenticate_gateway(request)
 
 
-async def authenticate_gateway(request: Request) -> Principal:
-    """The gateway's caller, from the request and the app's start-up state alone.
+async def authenticate_gateway(request: Request, *, x_api_key: bool = False) -> Principal:
+    """The gateway's caller, from the request and the app's start-up state alone (with
+    ``x_api_key``, Anthropic's header is read first, then ``Authorization``).
 
     No request session: an API key the cache holds costs no database work at all, and a miss
     or an access token reads in a short session of its own. The user is detached, and for
     a cached key one instance serves every request: read it, never change it.
     """
-    token = await bearer_credentials(request)
+    token = await (gateway_credentials(request) if x_api_key else bearer_credentials(request))
     state = request.app.state
     if looks_like_api_key(token):
         found_key = await authenticate_api_key(
@@ -140,6 +141,30 @@ async def authenticate_gateway(request: Request) -> Principal:
             raise exc.UserInactive()
         principal = Principal(user=found)
     return _bound(request, principal)
+
+
+async def gateway_credentials(
+    request: Request, _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None
+) -> str:
+    """The key in ``x-api-key`` (where Anthropic's SDKs and Claude Code send it), else the
+    bearer credential."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        if not request.headers.get("authorization"):
+            raise exc.MissingCredentials(
+                hint="Send 'x-api-key: <kb_ API key>' or 'Authorization: Bearer <token>'."
+            )
+        return await bearer_credentials(request)
+    if not key.strip():
+        raise exc.MalformedToken("The x-api-key header is empty.")
+    return key.strip()
+
+
+async def get_gateway_key_principal(
+    request: Request, _token: Annotated[str, Depends(gateway_credentials)]
+) -> Principal:
+    """``get_gateway_principal``, with the credential also read from ``x-api-key``."""
+    return await authenticate_gateway(request, x_api_key=True)
 
 
 def _bound(request: Request, principal: Principal) -> Principal:
@@ -170,6 +195,7 @@ async def get_token_user(principal: Annotated[Principal, Depends(get_principal)]
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 GatewayPrincipal = Annotated[Principal, Depends(get_gateway_principal)]
+GatewayKeyPrincipal = Annotated[Principal, Depends(get_gateway_key_principal)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin_user)]
 TokenUser = Annotated[User, Depends(get_token_user)]

@@ -87,7 +87,7 @@ class Call:
     admission: Admission
     principal: Principal
     request_id: str
-    endpoint: str  # "ai_test" | "ai_stream" | "chat_completions"
+    endpoint: str  # "ai_test" | "ai_stream" | "chat_completions" | "messages" | "embeddings"
     log_fields: dict[str, Any]
     streamed: bool = False
     model: ModelSpec | None = None
@@ -178,6 +178,7 @@ class Call:
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cached_tokens,
+                usage.cache_write_tokens,
             )
         elif status == UsageStatus.REJECTED:
             cost = Decimal(0)
@@ -244,6 +245,7 @@ class Call:
             "cached_tokens": outcome.usage.cached_tokens,
             "deployment": route.deployment if route else None,
             "attempts": route.attempts if route else 0,
+            "cache_write_tokens": outcome.usage.cache_write_tokens,
             "estimated_cost": outcome.cost,
             "response_time_ms": outcome.response_time_ms,
             "time_to_first_token_ms": outcome.ttft_ms,

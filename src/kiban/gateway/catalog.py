@@ -12,7 +12,7 @@ from kiban.gateway.exceptions import ModelNotFound
 from kiban.settings import ConfigurationError, Settings
 
 SHIPPED_MODELS_FILE = Path(__file__).with_name("models.toml")
-PROVIDERS = ("openai", "extractive")
+PROVIDERS = ("openai", "anthropic", "extractive")
 ENCODINGS = ("o200k_base", "cl100k_base")
 EXTRACTIVE = "extractive"
 
@@ -56,6 +56,11 @@ class Catalog:
 def upstream_configured(settings: Settings) -> bool:
     """Whether an OpenAI-compatible upstream is configured (a key, a base URL, or both)."""
     return settings.openai_api_key is not None or bool(settings.openai_base_url)
+
+
+def anthropic_configured(settings: Settings) -> bool:
+    """Whether an Anthropic upstream is configured (a key, a base URL, or both)."""
+    return settings.anthropic_api_key is not None or bool(settings.anthropic_base_url)
 
 
 def load_catalog(settings: Settings) -> Catalog:
@@ -105,7 +110,8 @@ def load_catalog(settings: Settings) -> Catalog:
     if default not in models:
         raise ConfigurationError(
             f"KIBAN_DEFAULT_MODEL={default!r} is not served; the models are {sorted(models)} "
-            f"(from {path}; 'openai' models need OPENAI_API_KEY or OPENAI_BASE_URL)."
+            f"(from {path}; 'openai' models need OPENAI_API_KEY or OPENAI_BASE_URL, 'anthropic' "
+            "models ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL)."
         )
     return Catalog(models, default, deployments)
 
@@ -140,7 +146,7 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
             fallbacks=tuple(str(f) for f in entry.get("fallbacks", ())),
             deployments=tuple(dict.fromkeys(routes)),
             description=str(entry.get("description", "")),
-            owned_by="kiban" if provider == "extractive" else "openai",
+            owned_by="kiban" if provider == "extractive" else provider,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{path}: model {name!r}: {exc}") from exc

@@ -29,6 +29,7 @@ from kiban.settings import ConfigurationError, Settings
 KINDS = ("openai", "anthropic")
 DEFAULT_DEPLOYMENT = "openai"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"  # its provider adds /v1/messages
 _FIELDS = frozenset(
     {
         "kind",
@@ -66,10 +67,23 @@ class Deployment:
 
 
 def implicit_deployments(settings: Settings) -> dict[str, Deployment]:
-    """The deployments the environment configures without a models file: ``OPENAI_*``'s."""
+    """The deployments the environment configures without a models file: ``OPENAI_*``'s
+    (named ``openai``) and ``ANTHROPIC_*``'s (named ``anthropic``)."""
     found: dict[str, Deployment] = {}
     if settings.openai_api_key is not None or settings.openai_base_url:
         found[DEFAULT_DEPLOYMENT] = default_deployment(settings)
+    if settings.anthropic_api_key is not None or settings.anthropic_base_url:
+        key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
+        found["anthropic"] = Deployment(
+            name="anthropic",
+            kind="anthropic",
+            base_url=(settings.anthropic_base_url or ANTHROPIC_BASE_URL).rstrip("/"),
+            api_key_env=None,
+            api_key=key or None,
+            timeout_seconds=settings.upstream_timeout_seconds,
+            connect_timeout_seconds=settings.upstream_connect_timeout_seconds,
+            max_concurrency=None,
+        )
     return found
 
 

@@ -6,6 +6,7 @@ Hierarchy::
     AppError
     ├── BadRequest                400 invalid_json, invalid_request, …
     │   └── InvalidRequest        400 (param names the offending field)
+    │       └── Untranslatable    400 untranslatable  a field one wire format has, the other not
     ├── NotFound
     │   └── ModelNotFound         404 model_not_found
     ├── PayloadTooLarge
@@ -38,6 +39,25 @@ def openai_error_type(status_code: int) -> str:
     return "invalid_request_error"
 
 
+def anthropic_error_type(status_code: int) -> str:
+    """Anthropic's ``error.type`` for an HTTP status (what its SDKs and Claude Code read)."""
+    if status_code == 401:
+        return "authentication_error"
+    if status_code == 403:
+        return "permission_error"
+    if status_code == 404:
+        return "not_found_error"
+    if status_code == 413:
+        return "request_too_large"
+    if status_code == 429:
+        return "rate_limit_error"
+    if status_code in (503, 529):
+        return "overloaded_error"
+    if status_code >= 500:
+        return "api_error"
+    return "invalid_request_error"
+
+
 def _openai_extra(
     status_code: int, param: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -59,6 +79,16 @@ class InvalidRequest(BadRequest):
         hint: str | None = None,
     ) -> None:
         super().__init__(message, code=code, hint=hint, extra=_openai_extra(400, param, None))
+
+
+class Untranslatable(InvalidRequest):
+    """A field or content block that cannot cross between OpenAI's and Anthropic's formats: it
+    is refused, never dropped."""
+
+    code = "untranslatable"
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message, param=param)
 
 
 class ModelNotFound(NotFound):

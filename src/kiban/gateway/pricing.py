@@ -25,14 +25,25 @@ COST_QUANTUM = Decimal("0.0000000001")
 class Price:
     input: Decimal
     output: Decimal
-    cached_input: Decimal
+    cached_input: Decimal  # a prompt token read from a cache (OpenAI cached input, Anthropic read)
+    cache_write: Decimal | None = None  # a prompt token written to a cache (None: the input price)
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
-        """Exact USD cost; cached tokens are the part of the prompt billed at the cached rate."""
+    def cost(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        """Exact USD cost; the prompt's cached parts (read from, written to a cache) are billed
+        at their own rates, the rest at the input rate."""
         cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
+        write_price = self.input if self.cache_write is None else self.cache_write
         total = (
-            (prompt_tokens - cached) * self.input
+            (prompt_tokens - cached - written) * self.input
             + cached * self.cached_input
+            + written * write_price
             + completion_tokens * self.output
         ) / MILLION
         return total.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
@@ -55,7 +66,12 @@ class PriceTable:
         return None
 
     def cost(
-        self, names: tuple[str, ...], prompt_tokens: int, completion_tokens: int, cached: int = 0
+        self,
+        names: tuple[str, ...],
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: int = 0,
+        cache_write: int = 0,
     ) -> Decimal | None:
         """The request's cost, or ``None`` (and a warning, once per model) when unpriced."""
         price = self.price(*names)
@@ -68,7 +84,7 @@ class PriceTable:
                     hint="add it to KIBAN_PRICES_FILE; its cost is recorded as NULL",
                 )
             return None
-        return price.cost(prompt_tokens, completion_tokens, cached)
+        return price.cost(prompt_tokens, completion_tokens, cached, cache_write)
 
 
 def load_prices(override: Path | None = None) -> PriceTable:
@@ -95,10 +111,16 @@ def _parse(path: Path, data: dict[str, Any]) -> dict[str, Price]:
     for name, entry in (data.get("prices") or {}).items():
         try:
             input_price = _decimal(entry["input"])
+            # ``cache_read`` is Anthropic's name for what OpenAI calls cached input.
+            if "cached_input" in entry and "cache_read" in entry:
+                raise ValueError("give cached_input or cache_read, not both")
+            read = entry.get("cached_input", entry.get("cache_read", entry["input"]))
+            write = entry.get("cache_write")
             prices[name] = Price(
                 input=input_price,
                 output=_decimal(entry["output"]),
-                cached_input=_decimal(entry.get("cached_input", entry["input"])),
+                cached_input=_decimal(read),
+                cache_write=None if write is None else _decimal(write),
             )
         except (KeyError, TypeError, InvalidOperation, ValueError) as exc:
             raise ConfigurationError(

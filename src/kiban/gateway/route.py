@@ -4,7 +4,8 @@ An AI call's endpoint needs the same two things every time: who is calling and t
 ``Gateway``. FastAPI would solve that dependency tree (the bearer scheme, the principal, the
 settings, keyring, sessionmaker and key cache under it, the gateway) on every request: about a
 sixth of the CPU a cached-key chat completion costs. An endpoint of exactly the shape
-``(request: Request, principal: GatewayPrincipal, gateway: GatewayDep)`` is instead called with
+``(request: Request, principal: GatewayPrincipal, gateway: GatewayDep)`` (or
+``GatewayKeyPrincipal``, which also reads ``x-api-key``) is instead called with
 ``authenticate_gateway(request)`` and ``app.state.gateway`` directly: the same functions the
 declared dependencies run, so the OpenAPI schema (the bearer scheme) and the behaviour are the
 ones declared. Any other endpoint on such a router goes through FastAPI as usual.
@@ -12,14 +13,20 @@ ones declared. Any other endpoint on such a router goes through FastAPI as usual
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from kiban.auth import authenticate_gateway, get_gateway_principal
+from kiban.auth import (
+    Principal,
+    authenticate_gateway,
+    get_gateway_key_principal,
+    get_gateway_principal,
+)
 from kiban.gateway.dependencies import get_gateway
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -27,24 +34,37 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 class GatewayRoute(APIRoute):
     def get_route_handler(self) -> Handler:
-        if not self._is_gateway_call():
+        authenticate = self._gateway_call()
+        if authenticate is None:
             return super().get_route_handler()
         endpoint = self.endpoint
 
         async def call(request: Request) -> Response:
-            principal = await authenticate_gateway(request)
+            principal = await authenticate(request)
             response: Response = await endpoint(request, principal, request.app.state.gateway)
             return response
 
         return call
 
     def _is_gateway_call(self) -> bool:
-        """True for an endpoint declaring exactly a request, the gateway principal and the
-        gateway, in that order, and nothing else."""
+        return self._gateway_call() is not None
+
+    def _gateway_call(self) -> Callable[[Request], Awaitable[Principal]] | None:
+        """How to authenticate an endpoint declaring exactly a request, a gateway principal
+        (``GatewayPrincipal`` or ``GatewayKeyPrincipal``) and the gateway, in that order, and
+        nothing else; None for any other endpoint."""
         d = self.dependant
-        return (
-            list(inspect.signature(self.endpoint).parameters) == ["request", "principal", "gateway"]
-            and d.request_param_name == "request"
-            and [(x.name, x.call) for x in d.dependencies]
-            == [("principal", get_gateway_principal), ("gateway", get_gateway)]
-        )
+        if list(inspect.signature(self.endpoint).parameters) != ["request", "principal", "gateway"]:
+            return None
+        if d.request_param_name != "request" or len(d.dependencies) != 2:
+            return None
+        principal, gateway = d.dependencies
+        if (principal.name, gateway.name, gateway.call) != ("principal", "gateway", get_gateway):
+            return None
+        return _AUTHENTICATE.get(principal.call)  # type: ignore[arg-type]
+
+
+_AUTHENTICATE: dict[Callable[..., Any], Callable[[Request], Awaitable[Principal]]] = {
+    get_gateway_principal: authenticate_gateway,
+    get_gateway_key_principal: functools.partial(authenticate_gateway, x_api_key=True),
+}

@@ -31,6 +31,9 @@ KEEPALIVE = b": keep-alive\n\n"
 class StreamFormat:
     """How one kind of stream writes its events (``/ai/stream`` and ``/v1`` differ)."""
 
+    def begin(self, stream: CompletionStream) -> None:
+        """The stream it writes, once opened (a format that reports its usage as it goes)."""
+
     def chunk(self, chunk: StreamChunk) -> bytes | None:
         raise NotImplementedError
 
@@ -59,6 +62,7 @@ class CallStream(Response):
         self.call = call
         self.stream = stream
         self.fmt = fmt
+        fmt.begin(stream)
         self.keepalive_seconds = keepalive_seconds
         self.success_status = success_status
         self.status_code = 200

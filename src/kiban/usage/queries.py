@@ -38,6 +38,7 @@ EXPORT_COLUMNS = (
     "cached_tokens",
     "deployment",
     "attempts",
+    "cache_write_tokens",
     "estimated_cost",
     "response_time_ms",
     "time_to_first_token_ms",

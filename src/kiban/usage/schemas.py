@@ -34,6 +34,7 @@ class UsageEntry(BaseModel):
     cached_tokens: int
     deployment: str | None  # the deployment that served it (or was tried last); None: no upstream
     attempts: int  # upstream attempts, across retries, failovers and fallback models
+    cache_write_tokens: int = 0
     estimated_cost: Decimal | None
     response_time_ms: float
     time_to_first_token_ms: float | None

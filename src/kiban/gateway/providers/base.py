@@ -18,7 +18,8 @@ from kiban.knowledge import RetrievedChunk
 class TokenUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, read from a cache (billed at the cache-read price)
+    cache_write_tokens: int = 0  # of the prompt, written to a cache (Anthropic's cache creation)
     reported: bool = False  # True when the upstream said so (its numbers win over local counts)
 
     @property
@@ -42,6 +43,39 @@ class TokenUsage:
             )
         except (TypeError, ValueError):
             return None
+
+    @classmethod
+    def from_anthropic(cls, usage: Any) -> TokenUsage | None:
+        """Usage from an Anthropic ``usage`` object (``None`` when absent or malformed).
+
+        Anthropic's ``input_tokens`` leaves out the tokens read from and written to its cache;
+        kiban's ``prompt_tokens`` is every prompt token (as OpenAI's is), those included.
+        """
+        if not isinstance(usage, dict):
+            return None
+        try:
+            read = int(usage.get("cache_read_input_tokens") or 0)
+            written = int(usage.get("cache_creation_input_tokens") or 0)
+            return cls(
+                prompt_tokens=int(usage.get("input_tokens") or 0) + read + written,
+                completion_tokens=int(usage.get("output_tokens") or 0),
+                cached_tokens=read,
+                cache_write_tokens=written,
+                reported=True,
+            )
+        except (TypeError, ValueError):
+            return None
+
+    def anthropic_json(self) -> dict[str, int]:
+        """This usage in Anthropic's fields (``input_tokens`` without the cached parts)."""
+        return {
+            "input_tokens": max(
+                self.prompt_tokens - self.cached_tokens - self.cache_write_tokens, 0
+            ),
+            "output_tokens": self.completion_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_read_input_tokens": self.cached_tokens,
+        }
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from kiban.gateway.deployments import Deployment
+from kiban.gateway.providers.anthropic import AnthropicProvider
 from kiban.gateway.providers.base import Provider
 from kiban.gateway.providers.http import UpstreamPools
 from kiban.gateway.providers.openai import OpenAIProvider
@@ -19,6 +20,13 @@ ProviderFactory = Callable[[Settings, Deployment, UpstreamPools], Provider]
 
 FACTORIES: dict[str, ProviderFactory] = {
     "openai": OpenAIProvider,
+    "anthropic": lambda settings, deployment, pools: AnthropicProvider(
+        settings,
+        base_url=deployment.base_url,
+        api_key=deployment.api_key,
+        pools=pools,
+        deployment=deployment,
+    ),
 }
 
 
