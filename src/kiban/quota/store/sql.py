@@ -28,9 +28,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Table,
     Uuid,
     bindparam,
     delete,
@@ -74,6 +75,11 @@ from kiban.quota.store.sqlite_fast_path import KeyRow, RawSqlite, TakenRow
 from kiban.usage import UPSERTS, rollup_rows, upsert_statement, write_records
 
 _MAX_ATTEMPTS = 4
+_LEDGER_DEFAULTS = {
+    column.name: cast(Any, column.default).arg
+    for column in cast(Table, UsageRecord.__table__).columns
+    if column.default is not None and column.default.is_scalar
+}
 
 
 class SqlQuotaStore:
@@ -311,6 +317,9 @@ class SqlQuotaStore:
                     partial(upsert_statement, "sqlite", table, keys, figures),
                 )
                 writes.append((upsert.sql, [upsert.bind_typed(row) for row in rows]))
+        # Bound by hand, not through SQLAlchemy's execution: the columns' Python-side defaults
+        # (a column the record does not name) are filled in here, as an ORM insert would.
+        record = {**_LEDGER_DEFAULTS, **record}
         columns = tuple(record)
         insert_record = self._raw.prepare_once(
             f"ledger:{','.join(columns)}",
