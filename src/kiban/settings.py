@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     quota_sweep_interval_seconds: float = Field(default=60.0, gt=0)
     # "auto": Redis when KIBAN_REDIS_URL is set, else the database; or force one of them.
     quota_backend: Literal["auto", "database", "redis"] = "auto"
+    # With Redis: the stream each settle appends its settlement and ledger record to, drained
+    # into the database by every process. Give each kiban deployment sharing one Redis database
+    # its own name (or its own Redis database number).
+    quota_settle_stream: str = Field(default="kiban:settlements", min_length=1)
+    # A stream entry another process read but did not acknowledge for this long (it died) is
+    # taken over by a live one.
+    quota_stream_claim_idle_seconds: float = Field(default=30.0, gt=0)
 
     # --- billing ------------------------------------------------------------------------------
     stripe_secret_key: SecretStr | None = None  # sk_live_/sk_test_/rk_...; unset = billing off

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.billing import Entitlement, PlanCatalog, resolve_entitlement, unsubscribed_entitlement
 from kiban.core import clock
-from kiban.core.metrics import LEDGER_WRITTEN, QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
+from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway import AdmissionRequest, Ticket, Usage
 from kiban.models import User
 from kiban.quota.exceptions import (
@@ -325,9 +325,7 @@ class QuotaAdmission:
             used_cost_nanos=cost,
             record=held.record,
         )
-        if held.record is not None and result != "duplicate":
-            LEDGER_WRITTEN.inc()
-        return result
+        return result  # the store counts the record in LEDGER_WRITTEN when it writes it
 
     async def _retry_settle(self, held: _Held, used: int, cost: int) -> None:
         loop = asyncio.get_running_loop()
