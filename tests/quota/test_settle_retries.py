@@ -152,7 +152,9 @@ async def _faulty_admission(
             pool_reset_on_return=None,
         )
         store = SqlQuotaStore(engine)
-    admission = QuotaAdmission(store, catalog, store.read_sessions)
+    admission = QuotaAdmission(
+        store, catalog, store.read_sessions, settle_wait=timedelta(seconds=0.2)
+    )
     admission.settle_backoff = 0.05
     return admission
 
@@ -180,7 +182,8 @@ async def test_admission_retries_a_settle_the_database_did_not_take(
             else:  # another connection holds SQLite's write lock
                 lock = sqlite3.connect(url.database or "", isolation_level=None)
                 lock.execute("BEGIN EXCLUSIVE")
-            # The request is not held up: settle returns, and retries in the background.
+            # The request is held up no longer than settle_wait: settle returns, and retries
+            # in the background.
             await asyncio.wait_for(admission.settle(ticket, Usage(40, 10, None)), 5)
             assert len(admission._retries) == 1
             await asyncio.sleep(0.2)
@@ -216,3 +219,28 @@ async def test_a_settle_that_never_lands_is_abandoned_and_logged(
         await asyncio.wait_for(asyncio.gather(*admission._retries), 5)
         assert retries("abandoned") == abandoned + 1
         await admission.aclose(grace=1)
+
+
+async def test_a_settle_whose_retry_lands_soon_returns_after_it_landed(
+    database_url: str, catalog: PlanCatalog, quota_user: User
+) -> None:
+    if database_url.startswith("postgresql"):
+        pytest.skip("the fault is SQLite's write lock, held by another connection")
+    admission = await _faulty_admission(database_url, catalog, None)
+    admission.settle_wait = timedelta(seconds=10)
+    lock = sqlite3.connect(make_url(database_url).database or "", isolation_level=None)
+    try:
+        ticket = await admission.admit(ask(quota_user, model="extractive"))
+        lock.execute("BEGIN EXCLUSIVE")
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, lock.execute, "ROLLBACK")  # the blip ends
+        await asyncio.wait_for(admission.settle(ticket, Usage(40, 10, None)), 15)
+        # Returned after the retry landed: nothing is left in memory only.
+        assert not admission._retries
+        period = ticket.state.reservation.period_start
+        state = await admission.store.state(quota_user.id, period)
+        assert (state.used_tokens, state.reserved_tokens) == (50, 0)
+    finally:
+        lock.close()
+        await admission.aclose(grace=1)
+        await admission.store.close()

@@ -11,6 +11,7 @@ once). Rate-limit and quota headers ride on ``Ticket.headers``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class QuotaAdmission:
         reservation_ttl: timedelta = timedelta(seconds=900),
         cost_bound: CostBound | None = None,
         settle_retry: timedelta = timedelta(minutes=15),
+        settle_wait: timedelta = timedelta(seconds=2),
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -87,6 +89,9 @@ class QuotaAdmission:
         self._ttl = reservation_ttl
         self.cost_bound = cost_bound
         self.settle_retry = settle_retry
+        # How long a response waits for a failed settlement's retries (its record rides with
+        # it): a blip of the store still ends with the record committed before the response.
+        self.settle_wait = settle_wait
         self.settle_backoff = 0.2  # seconds before the first retry; doubles up to 10 s
         self._retries: set[asyncio.Task[None]] = set()
 
@@ -296,7 +301,8 @@ class QuotaAdmission:
         and quota ``used`` equals the ledger's tokens. If the store fails, the settlement (with
         its record) is retried in the background (the store settles a reservation id at most
         once, so a retry after a lost reply counts nothing twice) until ``settle_retry`` has
-        passed; ``aclose`` gives pending retries a last chance.
+        passed, and the response waits up to ``settle_wait`` for it to land; ``aclose`` gives
+        pending retries a last chance.
         """
         held = ticket.state
         if not isinstance(held, _Held) or held.settled:
@@ -314,6 +320,16 @@ class QuotaAdmission:
             retry = asyncio.create_task(self._retry_settle(held, used, cost))
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(retry), self.settle_wait.total_seconds())
+            if not retry.done():
+                # Answered now; until a retry lands, the record is held only here (a crash
+                # loses it; an abandoned retry logs it whole).
+                log.warning(
+                    "quota_settle_pending",
+                    reservation=str(held.reservation.id),
+                    request_id=(record or {}).get("request_id"),
+                )
             return
         self._note(held, result)
 
