@@ -6,6 +6,7 @@ from kiban.auth import doctor as _auth_checks  # noqa: F401  (registers its chec
 from kiban.billing import doctor as _billing_checks  # noqa: F401
 from kiban.core.doctor import Finding, run_checks
 from kiban.knowledge import doctor as _knowledge_checks  # noqa: F401
+from kiban.quota import doctor as _quota_checks  # noqa: F401
 from kiban.settings import Settings
 
 
