@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from kiban.core.db import create_engine
-from kiban.models import QuotaPeriod, UsageRecord, UsageRollupHourly
+from kiban.core.metrics import QUOTA_STREAM_DRAINED
+from kiban.models import QuotaPeriod, UsageRecord, UsageRollupHourly, User
 from kiban.quota.store import RedisQuotaStore, Reservation, SqlQuotaStore
 from kiban.quota.store.redis_drain import StreamDrainer
 from tests.factories import ledger_record
@@ -239,3 +240,25 @@ async def test_a_reseed_starts_again_when_a_settle_found_the_key_missing(
     assert not await redis.exists(quota)
     # The next reserve seeds again and counts the settle (from the stream).
     assert (await redis_store.reserve(reservation_for(10))).state.used_tokens == 60
+
+
+async def test_a_deleted_users_record_is_drained_without_a_user(
+    redis_store: RedisQuotaStore,
+    database_url: str,
+    reservation_for: MakeReservation,
+) -> None:
+    for tokens in (10, 20):
+        await _settle(redis_store, reservation_for(100), tokens)
+    user_id = reservation_for(1).user_id
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:  # deleted between the answers and the drain
+            await conn.execute(delete(User).where(User.id == user_id))
+        dropped = QUOTA_STREAM_DRAINED.labels("dropped")._value.get()
+        assert await redis_store.drain() == 2
+        assert QUOTA_STREAM_DRAINED.labels("dropped")._value.get() == dropped
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(UsageRecord.user_id, UsageRecord.total_tokens))).all()
+    finally:
+        await engine.dispose()
+    assert sorted(rows, key=lambda r: r.total_tokens) == [(None, 10), (None, 20)]

@@ -47,9 +47,12 @@ class Settlement:
     record: dict[str, Any] | None  # the call's ledger record
 
 
-async def write_settlements(db: SqlQuotaStore, settlements: list[Settlement]) -> list[Settlement]:
+async def write_settlements(
+    db: SqlQuotaStore, settlements: list[Settlement], *, count_usage: bool = True
+) -> list[Settlement]:
     """Write a batch in one transaction; returns the settlements that were new (the others had
-    been written before and changed nothing)."""
+    been written before and changed nothing). ``count_usage=False`` writes the ids and records
+    only (a deleted user's: there is no period row to add to)."""
     now = clock.now()
     # Sorted: two drainers writing overlapping batches take the rows' locks in one order.
     ordered = sorted({s.id: s for s in settlements}.values(), key=lambda s: s.id)
@@ -67,6 +70,8 @@ async def write_settlements(db: SqlQuotaStore, settlements: list[Settlement]) ->
             total[0] += s.tokens
             total[1] += s.cost_nanos
         for (user_id, period_start), (tokens, cost, period_end) in sorted(sums.items()):
+            if not count_usage:
+                break
             add = (
                 update(P)
                 .where(P.c.user_id == user_id, P.c.period_start == period_start)

@@ -12,9 +12,10 @@ group ``kiban-drain`` that
   idempotent per reservation id), and only then ``XACK`` + ``XDEL`` in one ``MULTI``: an entry
   is always in the stream, or committed in the database, or both; never neither;
 - keeps a batch that failed for a database error and retries it with backoff (the entries stay
-  in Redis meanwhile; ``kiban_quota_stream_entries`` shows them); an entry the database refuses
-  as data (its user deleted meanwhile, a malformed entry) is logged whole, counted as dropped,
-  and acknowledged, so it cannot stall the ones behind it.
+  in Redis meanwhile; ``kiban_quota_stream_entries`` shows them); an entry whose user was
+  deleted meanwhile keeps its record with no user (as ``ON DELETE SET NULL`` would); one the
+  database still refuses (malformed) is logged whole, counted as dropped, and acknowledged, so
+  it cannot stall the ones behind it.
 
 On shutdown the drainer drains what is in the stream for it, then leaves the group if it holds
 nothing pending.
@@ -27,6 +28,7 @@ import contextlib
 import os
 import socket
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -260,17 +262,31 @@ class StreamDrainer:
             origin[settlement.id] = (entry_id, fields)
         await self._write(settlements, origin)
 
-    async def _write(self, settlements: list[Settlement], origin: dict[uuid.UUID, Entry]) -> None:
+    async def _write(
+        self,
+        settlements: list[Settlement],
+        origin: dict[uuid.UUID, Entry],
+        *,
+        count_usage: bool = True,
+    ) -> None:
         if not settlements:
             return
         try:
-            fresh = await write_settlements(self._db, settlements)
+            fresh = await write_settlements(self._db, settlements, count_usage=count_usage)
         except (IntegrityError, DataError) as exc:
             if len(settlements) > 1:
                 for settlement in settlements:
                     await self._write([settlement], origin)
                 return
-            entry_id, fields = origin.get(settlements[0].id, ("?", None))
+            settlement = settlements[0]
+            record = settlement.record
+            if isinstance(exc, IntegrityError) and count_usage:
+                # Its user was deleted meanwhile (with the period row): keep the record as
+                # ON DELETE SET NULL would have; there is no quota left to count it in.
+                orphan = replace(settlement, record=record and {**record, "user_id": None})
+                await self._write([orphan], origin, count_usage=False)
+                return
+            entry_id, fields = origin.get(settlement.id, ("?", None))
             self._drop(entry_id, fields or {}, f"rejected by the database: {exc!r}")
             return
         QUOTA_STREAM_DRAINED.labels("written").inc(len(fresh))
