@@ -156,6 +156,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     if args.redis_url:
         env.update(KIBAN_REDIS_URL=args.redis_url, KIBAN_QUOTA_BACKEND="redis")
+        # A settle stream of this run's own: it drains into this run's database only.
+        env.update(KIBAN_QUOTA_SETTLE_STREAM=f"kiban:bench-settlements:{workdir.name}")
     py = sys.executable
     uvicorn = [
         py,

@@ -175,8 +175,13 @@ def ledger_record(user_id: uuid.UUID | None = None, **fields: object) -> dict[st
 
 
 async def ledger(app: FastAPI) -> list[UsageRecord]:
-    """Every ledger record, oldest first, after the writer has written what it was given."""
+    """Every ledger record, oldest first, after the writer has written what it was given (and,
+    with Redis, the settle stream is drained into the database)."""
     await app.state.gateway.ledger.flush()
+    admission = getattr(app.state, "admission", None)
+    drain = getattr(getattr(admission, "store", None), "drain", None)
+    if drain is not None:
+        await drain()
     async with app.state.sessionmaker() as session:
         return list((await session.scalars(select(UsageRecord).order_by(UsageRecord.id))).all())
 

@@ -7,6 +7,7 @@ from kiban.billing import doctor as _billing_checks  # noqa: F401
 from kiban.core.doctor import Finding, run_checks
 from kiban.gateway import doctor as _gateway_checks  # noqa: F401
 from kiban.knowledge import doctor as _knowledge_checks  # noqa: F401
+from kiban.quota import doctor as _quota_checks  # noqa: F401
 from kiban.settings import Settings
 
 

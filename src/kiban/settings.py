@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     quota_sweep_interval_seconds: float = Field(default=60.0, gt=0)
     # "auto": Redis when KIBAN_REDIS_URL is set, else the database; or force one of them.
     quota_backend: Literal["auto", "database", "redis"] = "auto"
+    # With Redis: the stream each settle appends its settlement and ledger record to, drained
+    # into the database by every process. Give each kiban deployment sharing one Redis database
+    # its own name (or its own Redis database number).
+    quota_settle_stream: str = Field(default="kiban:settlements", min_length=1)
+    # A stream entry another process read but did not acknowledge for this long (it died) is
+    # taken over by a live one.
+    quota_stream_claim_idle_seconds: float = Field(default=30.0, gt=0)
 
     # --- billing ------------------------------------------------------------------------------
     stripe_secret_key: SecretStr | None = None  # sk_live_/sk_test_/rk_...; unset = billing off
@@ -156,8 +163,10 @@ class Settings(BaseSettings):
     gateway_content_max_chars: int = Field(default=2000, ge=0)
     ledger_queue_size: int = Field(default=10_000, ge=1)
     ledger_batch_size: int = Field(default=500, ge=1)
-    # How long the writer waits to fill a batch: one insert per record costs ~10x a batched one.
-    ledger_flush_interval_seconds: float = Field(default=0.25, ge=0, le=0.9)
+    # Group commit of records refused before admission (each response waits for its record's
+    # commit): right after a commit the writer lingers this long for more records to share the
+    # next one. Idle, it writes at once.
+    ledger_flush_interval_seconds: float = Field(default=0.002, ge=0, le=0.1)
 
     # --- knowledge ----------------------------------------------------------------------------
     knowledge_max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # per uploaded file

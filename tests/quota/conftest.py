@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 
 from kiban.billing.entitlements import calendar_month
 from kiban.billing.plans import PlanCatalog, parse_plans
@@ -74,12 +75,26 @@ async def insert_user(database_url: str, **fields: Any) -> User:
         await engine.dispose()
 
 
+@pytest.fixture
+def settle_stream(redis_url: str) -> Iterator[str]:
+    """A settle stream of this test's own (every test has its own database to drain into),
+    deleted afterwards."""
+    name = f"kiban:test-settlements:{uuid.uuid4().hex}"
+    yield name
+    client = SyncRedis.from_url(redis_url)
+    try:
+        client.delete(name)
+    finally:
+        client.close()
+
+
 @pytest.fixture(params=["db", pytest.param("redis", marks=pytest.mark.redis)])
 async def store(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[QuotaStore]:
     """A quota store on each database, and in Redis (durable copy in the database)."""
     if request.param == "redis":
         redis_url = request.getfixturevalue("redis_url")
-        redis_store = RedisQuotaStore.from_urls(redis_url, database_url)
+        stream = request.getfixturevalue("settle_stream")
+        redis_store = RedisQuotaStore.from_urls(redis_url, database_url, stream=stream)
         yield redis_store
         await redis_store.close()
         return
@@ -138,7 +153,11 @@ def quota_upstream() -> Iterator[FakeUpstream]:
 def quota_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Settings for each quota backend: the database's row, or Redis."""
     if request.param == "redis":
-        return {"redis_url": request.getfixturevalue("redis_url"), "quota_backend": "redis"}
+        return {
+            "redis_url": request.getfixturevalue("redis_url"),
+            "quota_backend": "redis",
+            "quota_settle_stream": request.getfixturevalue("settle_stream"),
+        }
     return {"quota_backend": "database"}
 
 

@@ -10,11 +10,13 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from kiban.app import create_app
 from kiban.billing.entitlements import calendar_month
 from kiban.core import clock
-from kiban.models import User
+from kiban.core.db import create_engine
+from kiban.models import UsageRecord, User
 from kiban.quota.store import Reservation
 from tests.conftest import RunningApp, auth_headers, create_user, make_client
 from tests.factories import ledger
@@ -227,3 +229,29 @@ async def test_failed_upstream_call_releases_its_reservation(
     state = await app.state.admission.store.state(user.id, start)
     assert state.reserved_tokens == 0
     assert state.used_tokens == record.total_tokens
+
+
+async def test_a_refused_requests_record_is_committed_before_the_response(
+    make_settings: Any, settings: Any, database_url: str
+) -> None:
+    # The longest linger: right after one commit, the writer waits 0.1 s for more records.
+    lingering = make_settings(**{**settings.model_dump(), "ledger_flush_interval_seconds": 0.1})
+    async with RunningApp(create_app(lingering)) as app:
+        async with app.state.sessionmaker() as session:
+            user = await create_user(session)
+        await use_tokens(app, user, 990)  # the plan's 1000 tokens are nearly gone
+        engine = create_engine(database_url)
+        try:
+            async with make_client(app) as client, engine.connect() as conn:
+                for _ in range(3):
+                    response = await chat(client, auth_headers(app, user), max_tokens=50)
+                    assert response.status_code == 429
+                    # Read at once, through a connection of its own: no flush, no waiting.
+                    status = await conn.scalar(
+                        select(UsageRecord.status).where(
+                            UsageRecord.request_id == response.headers["x-request-id"]
+                        )
+                    )
+                    assert status == "rejected"
+        finally:
+            await engine.dispose()

@@ -155,13 +155,14 @@ async def test_periods_are_separate(store: QuotaStore, reservation_for: MakeRese
 
 @pytest.mark.redis
 async def test_redis_restart_reseeds_from_the_durable_copy(
-    database_url: str, redis_url: str, reservation_for: MakeReservation
+    database_url: str, redis_url: str, settle_stream: str, reservation_for: MakeReservation
 ) -> None:
-    store = RedisQuotaStore.from_urls(redis_url, database_url)
+    store = RedisQuotaStore.from_urls(redis_url, database_url, stream=settle_stream)
     try:
         first = reservation_for(300)
         taken = await store.reserve(first)
         await store.settle(first, taken.handle, used_tokens=250, used_cost_nanos=7)
+        await store.drain()  # the settle stream into the database: the durable copy has it
         await store.set_extra_tokens(first.user_id, first.period_start, first.period_end, 40)
         in_flight = reservation_for(100)
         assert (await store.reserve(in_flight)).refused is None

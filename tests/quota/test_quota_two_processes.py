@@ -55,6 +55,7 @@ def two_servers(
     }
     if "redis_url" in quota_backend:
         env["KIBAN_REDIS_URL"] = quota_backend["redis_url"]
+        env["KIBAN_QUOTA_SETTLE_STREAM"] = quota_backend["quota_settle_stream"]
     else:
         env.pop("KIBAN_REDIS_URL", None)
     servers = [Server(env, tmp_path), Server(env, tmp_path)]

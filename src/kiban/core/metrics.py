@@ -124,6 +124,18 @@ QUOTA_SETTLE_RETRIES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+QUOTA_STREAM_ENTRIES = Gauge(
+    "kiban_quota_stream_entries",
+    "Settlements in Redis's settle stream not yet drained into the database (every process's).",
+    registry=REGISTRY,
+)
+QUOTA_STREAM_DRAINED = Counter(
+    "kiban_quota_stream_drained_total",
+    "Settle stream entries drained, by outcome (written; duplicate: drained before; dropped: "
+    "refused by the database, must stay 0).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 WEBHOOK_EVENTS = Counter(
     "kiban_webhook_events_total", "Stripe webhook events.", ["type", "outcome"], registry=REGISTRY
 )

@@ -2,10 +2,11 @@
 
 Every request that reaches a gateway route gets a ``Call`` as soon as it is authenticated. Its
 ``finish`` runs exactly once, whatever happens (an answer, nothing relevant, an upstream failure,
-a rejection, a client that went away, a cancelled task): it writes the one ledger record (queued,
-synchronously, before any ``await``, so a cancellation cannot lose it), updates the metrics and the
-access-log fields, and settles the admission ticket in a task of its own (shielded: cancelling the
-request does not cancel the settlement).
+a rejection, a client that went away, a cancelled task): it writes the one ledger record (with the
+admission's settlement, in one transaction; or, for a call refused before admission, through the
+ledger writer, handed over synchronously before any ``await`` so a cancellation cannot lose it),
+updates the metrics and the access-log fields, and waits, shielded, for the settlement or the
+record's commit: the response is sent after its record is durable.
 
 What finishing needs of the gateway (prices, the ledger, the content policy, a home for the
 settlement task) is handed to the call as a ``Recorder``, so a call knows nothing else of it.
@@ -45,7 +46,14 @@ log = structlog.get_logger("kiban.gateway")
 
 
 class LedgerSink(Protocol):
-    def submit(self, record: dict[str, Any]) -> None: ...
+    def submit(self, record: dict[str, Any]) -> asyncio.Future[None]:
+        """Take the record synchronously; the future is done once it is committed."""
+        ...
+
+
+# How long a response waits for its ledger record's commit when the database is slow or down;
+# past it the response goes out and the record stays queued (a crash then loses it: logged).
+COMMIT_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class Recorder:
     """What a call's finish needs, and no more (the gateway makes one, ``Gateway.recorder``)."""
 
     prices: PriceTable
-    ledger: LedgerSink  # takes the record synchronously: never blocks, never raises
+    ledger: LedgerSink  # takes the record synchronously (never blocks, never raises)
     content_policy: Callable[[str | None], str | None]  # what the ledger keeps of a text
     track: Callable[[asyncio.Future[Any]], None]  # keeps a settlement alive until shutdown
 
@@ -199,8 +207,7 @@ class Call:
         # An admitted call's record is written with its settlement, one durable write before the
         # response (decision 0065); the others' (refused before admission) by the buffered writer.
         with_settle = self.ticket is not None and self.ticket.records_usage
-        if not with_settle:
-            self.recorder.ledger.submit(record)
+        committed = None if with_settle else self.recorder.ledger.submit(record)
         # A metric label only for a model the catalog knows: the name a request asked for is the
         # client's to choose, and each new label value is a time series kept for good.
         self._observe(outcome, name if model is not None else "unknown")
@@ -219,6 +226,12 @@ class Call:
                 raise
             except Exception:
                 log.exception("settle_failed", request_id=self.request_id)
+        if committed is not None:
+            # The writer commits in groups: the response (a refusal, mostly) waits for its own.
+            try:
+                await asyncio.wait_for(asyncio.shield(committed), COMMIT_WAIT_SECONDS)
+            except TimeoutError:
+                log.warning("ledger_commit_slow", request_id=self.request_id)
         return outcome
 
     def _record(

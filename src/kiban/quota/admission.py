@@ -11,6 +11,7 @@ once). Rate-limit and quota headers ride on ``Ticket.headers``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kiban.billing import Entitlement, PlanCatalog, resolve_entitlement, unsubscribed_entitlement
 from kiban.core import clock, ids
-from kiban.core.metrics import LEDGER_WRITTEN, QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
+from kiban.core.metrics import QUOTA_REJECTIONS, QUOTA_SETTLE_RETRIES
 from kiban.gateway import AdmissionRequest, Ticket, Usage
 from kiban.models import User
 from kiban.quota.exceptions import (
@@ -78,6 +79,7 @@ class QuotaAdmission:
         reservation_ttl: timedelta = timedelta(seconds=900),
         cost_bound: CostBound | None = None,
         settle_retry: timedelta = timedelta(minutes=15),
+        settle_wait: timedelta = timedelta(seconds=2),
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -86,6 +88,9 @@ class QuotaAdmission:
         self._ttl = reservation_ttl
         self.cost_bound = cost_bound
         self.settle_retry = settle_retry
+        # How long a response waits for a failed settlement's retries (its record rides with
+        # it): a blip of the store still ends with the record committed before the response.
+        self.settle_wait = settle_wait
         self.settle_backoff = 0.2  # seconds before the first retry; doubles up to 10 s
         self._retries: set[asyncio.Task[None]] = set()
 
@@ -295,7 +300,8 @@ class QuotaAdmission:
         and quota ``used`` equals the ledger's tokens. If the store fails, the settlement (with
         its record) is retried in the background (the store settles a reservation id at most
         once, so a retry after a lost reply counts nothing twice) until ``settle_retry`` has
-        passed; ``aclose`` gives pending retries a last chance.
+        passed, and the response waits up to ``settle_wait`` for it to land; ``aclose`` gives
+        pending retries a last chance.
         """
         held = ticket.state
         if not isinstance(held, _Held) or held.settled:
@@ -313,6 +319,16 @@ class QuotaAdmission:
             retry = asyncio.create_task(self._retry_settle(held, used, cost))
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(retry), self.settle_wait.total_seconds())
+            if not retry.done():
+                # Answered now; until a retry lands, the record is held only here (a crash
+                # loses it; an abandoned retry logs it whole).
+                log.warning(
+                    "quota_settle_pending",
+                    reservation=str(held.reservation.id),
+                    request_id=(record or {}).get("request_id"),
+                )
             return
         self._note(held, result)
 
@@ -324,9 +340,7 @@ class QuotaAdmission:
             used_cost_nanos=cost,
             record=held.record,
         )
-        if held.record is not None and result != "duplicate":
-            LEDGER_WRITTEN.inc()
-        return result
+        return result  # the store counts the record in LEDGER_WRITTEN when it writes it
 
     async def _retry_settle(self, held: _Held, used: int, cost: int) -> None:
         loop = asyncio.get_running_loop()

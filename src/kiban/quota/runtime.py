@@ -1,4 +1,5 @@
-"""Starting quota enforcement with the app: the store the settings ask for, its expiry sweeper."""
+"""Starting quota enforcement with the app: the store the settings ask for, its expiry sweeper,
+and (Redis) the drainer of its settle stream."""
 
 from __future__ import annotations
 
@@ -51,7 +52,14 @@ def build_store(settings: Settings) -> QuotaStore:
     if use_redis:
         if not settings.redis_url:
             raise ConfigurationError("KIBAN_QUOTA_BACKEND=redis needs KIBAN_REDIS_URL")
-        return RedisQuotaStore.from_urls(settings.redis_url, settings.database_url, pool_size=pool)
+        store = RedisQuotaStore.from_urls(
+            settings.redis_url,
+            settings.database_url,
+            pool_size=pool,
+            stream=settings.quota_settle_stream,
+        )
+        store.drainer.claim_idle_ms = int(settings.quota_stream_claim_idle_seconds * 1000)
+        return store
     return SqlQuotaStore.from_url(settings.database_url, pool_size=pool)
 
 
@@ -76,6 +84,7 @@ async def running_admission(
         reservation_ttl=timedelta(seconds=settings.quota_reservation_ttl_seconds),
         cost_bound=cost_bound,
     )
+    await store.start()  # Redis: the settle stream's drainer
     sweeper = asyncio.create_task(_sweep_forever(store, settings.quota_sweep_interval_seconds))
     try:
         yield admission
@@ -84,4 +93,4 @@ async def running_admission(
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
-        await store.close()
+        await store.close()  # Redis: drains what is left of the settle stream first

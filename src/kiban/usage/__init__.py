@@ -1,6 +1,7 @@
 """Usage: the ledger of AI requests and everything computed from it.
 
 - ``ledger``: ``LedgerWriter``, the durable, batched writer of ledger records (``Record``);
+- ``record_json``: a record as JSON and back (the Redis settle stream carries records);
 - ``rollups``: hourly and per-user daily sums, written in the ledger writer's transaction, and
   how a window splits into what they answer and the edges read from the ledger;
 - ``bins``: the fixed latency and TTFT histogram bins a record adds to;
@@ -27,6 +28,7 @@ from kiban.usage.queries import (
     records_with_emails,
     stream_export,
 )
+from kiban.usage.record_json import record_from_json, record_to_json
 from kiban.usage.rollups import (
     DAY,
     HOUR,
@@ -67,6 +69,8 @@ __all__ = [
     "newest_records",
     "rebuild",
     "record_bins",
+    "record_from_json",
+    "record_to_json",
     "records_with_emails",
     "rollup_rows",
     "split_window",

@@ -2,7 +2,8 @@
 
 - ``sql``: ``SqlQuotaStore``, SQLite and PostgreSQL; its Core statements are in
   ``sql_statements``, and SQLite runs them through ``sqlite_fast_path`` (one thread hop each).
-- ``redis``: ``RedisQuotaStore``, Lua scripts in Redis with a durable copy in the database.
+- ``redis``: ``RedisQuotaStore``, Lua scripts in Redis; ``redis_drain`` moves its settle
+  stream into the database through ``durable_copy`` (once per reservation id).
 """
 
 from kiban.quota.store.base import (

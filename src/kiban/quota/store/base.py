@@ -5,8 +5,9 @@ Two implementations keep the same promise (no concurrent burst, second process o
 
 - ``SqlQuotaStore`` (``store.sql``): one conditional UPDATE on the user's period row checks
   and takes the quota and the per-minute rate window together. SQLite and PostgreSQL.
-- ``RedisQuotaStore`` (``store.redis``): one Lua script does the same in Redis; the
-  database keeps a durable copy of what was used.
+- ``RedisQuotaStore`` (``store.redis``): one Lua script does the same in Redis; the settle
+  script appends the settlement and its ledger record to a stream that every process drains
+  into the database (the ledger, and a durable copy of what was used).
 
 Amounts are integers: tokens, and cost in nano-USD (1e-9 USD).
 
@@ -183,6 +184,10 @@ class QuotaStore(Protocol):
     async def release_expired(self, now: datetime) -> int:
         """Release reservations whose process never settled them (returns how many), and forget
         settlements older than ``SETTLEMENT_RETENTION``."""
+        ...
+
+    async def start(self) -> None:
+        """Start the store's background work, if it has any (Redis: draining its stream)."""
         ...
 
     async def close(self) -> None: ...

@@ -1,19 +1,29 @@
 """Quota state in Redis: one Lua script checks and takes quota and rate window atomically.
 
-Keys share the user's hash tag (``{user-id}``), so they live on one shard in a Redis Cluster:
+Keys of a user share the user's hash tag (``{user-id}``):
 
 - ``kiban:quota:{uid}:<period start>``: hash ``used``, ``reserved``, ``extra``, ``used_cost``,
   ``reserved_cost`` (tokens and nano-USD);
 - ``…:held``: sorted set of reservations in flight (``<id>:<tokens>:<cost>``) scored by expiry;
   every reserve first releases the expired ones, so a crashed process locks nobody out;
+- ``…:unseeded``: how many settles found the period's hash missing (a re-seed checks it);
 - ``kiban:rate:{uid}``: hash ``window`` (epoch minute), ``requests``, ``tokens``;
 - ``kiban:settled:{uid}:<reservation id>``: set by the settle script, kept a day, so that a
   retried settle changes nothing.
 
-Redis is the authority while the period's key exists. The database keeps a durable copy of what
-was used (updated on every settle, once per reservation id, like the SQL store's own settle);
-when the key is missing (first use, a Redis restart, an
-eviction) it is seeded from that copy before the reservation is tried again.
+The settle script also appends the settlement, with the call's ledger record, to ONE stream
+(``kiban:settlements`` by default; not under a user's hash tag), in the same atomic step: the
+response waits for Redis only, and ``redis_drain.StreamDrainer`` moves the entries into the
+database (the ledger, its rollups, and the durable copy of ``used``), once per reservation id.
+A script that touches a user's keys and the stream needs them on one node: a single Redis (or
+a primary with replicas) is what this supports; see docs/quotas.md for what Redis Cluster would
+need.
+
+Redis is the authority while the period's key exists. When it is missing (first use, a Redis
+restart, an eviction), it is seeded from the database's durable copy PLUS the stream's entries
+for that period that the copy does not count yet (read in one database snapshot), and only if
+no settle found the key missing meanwhile (``…:unseeded`` unchanged): no usage is forgotten or
+counted twice whatever the drainer does in between.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kiban.core import clock
 from kiban.quota.store.base import (
@@ -33,10 +44,15 @@ from kiban.quota.store.base import (
     ReserveOutcome,
     SettleResult,
 )
+from kiban.quota.store.durable_copy import Settlement, seed_snapshot
+from kiban.quota.store.redis_drain import StreamDrainer, entry_fields
 from kiban.quota.store.sql import SqlQuotaStore
 
 _GRACE_SECONDS = 3 * 24 * 3600  # keep a period's key a little past its end for late settles
 _RATE_TTL_SECONDS = 120
+_SEED_ATTEMPTS = 10
+_PAGE = 1000  # stream entries per XRANGE while a re-seed looks for undrained settlements
+DEFAULT_STREAM = "kiban:settlements"
 
 _RESERVE = """
 local q, held, rate = KEYS[1], KEYS[2], KEYS[3]
@@ -103,6 +119,10 @@ if redis.call('EXISTS', q) == 1 then
   end
   redis.call('HINCRBY', q, 'used', ARGV[2])
   redis.call('HINCRBY', q, 'used_cost', ARGV[3])
+else
+  -- No live counters: a re-seed under way may not have seen this entry, and must start again.
+  redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
 end
 if removed == 1 then
   local rw = redis.call('HMGET', rate, 'window', 'tokens')
@@ -112,17 +132,19 @@ if removed == 1 then
     redis.call('HSET', rate, 'tokens', t)
   end
 end
+redis.call('XADD', KEYS[6], '*', unpack(ARGV, 10))
 return removed
 """
 
 # Seeding replaces nothing that exists; stale reservations of a vanished key are dropped with it.
+# It gives up (0) when a settle found the key missing since the seed's reads began.
 _SEED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', 0, 'extra', ARGV[2],
-             'used_cost', ARGV[3], 'reserved_cost', 0)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[5] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', 0, 'extra', ARGV[2],
+           'used_cost', ARGV[3], 'reserved_cost', 0)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 """
 
@@ -152,9 +174,13 @@ def _member(reservation: Reservation) -> str:
 class RedisQuotaStore:
     """Quota and rate state in Redis, with the database as its durable copy."""
 
-    def __init__(self, redis: Redis, database: SqlQuotaStore) -> None:
+    def __init__(
+        self, redis: Redis, database: SqlQuotaStore, *, stream: str = DEFAULT_STREAM
+    ) -> None:
         self._redis = redis
         self._db = database
+        self.stream = stream
+        self.drainer = StreamDrainer(redis, database, stream)
         self.read_sessions = database.read_sessions
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
@@ -162,10 +188,25 @@ class RedisQuotaStore:
         self._set_extra = redis.register_script(_SET_EXTRA)
 
     @classmethod
-    def from_urls(cls, redis_url: str, database_url: str, *, pool_size: int = 5) -> RedisQuotaStore:
+    def from_urls(
+        cls,
+        redis_url: str,
+        database_url: str,
+        *,
+        pool_size: int = 5,
+        stream: str = DEFAULT_STREAM,
+    ) -> RedisQuotaStore:
         """A store on Redis at ``redis_url`` with its durable copy in the app's database."""
         redis = Redis.from_url(redis_url, decode_responses=True)
-        return cls(redis, SqlQuotaStore.from_url(database_url, pool_size=pool_size))
+        return cls(redis, SqlQuotaStore.from_url(database_url, pool_size=pool_size), stream=stream)
+
+    async def start(self) -> None:
+        """Start draining the settle stream into the database (one consumer per process)."""
+        self.drainer.start()
+
+    async def drain(self) -> int:
+        """Drain what the settle stream holds now for this process (tests, shutdown)."""
+        return await self.drainer.drain()
 
     async def reserve(self, reservation: Reservation) -> ReserveOutcome:
         """Take the reservation atomically, or say why it does not fit."""
@@ -200,16 +241,39 @@ class RedisQuotaStore:
     async def _seed_from_database(
         self, user_id: uuid.UUID, period_start: datetime, period_end: datetime
     ) -> None:
-        durable = await self._db.state(user_id, period_start)
-        await self._seed(
-            keys=_keys(user_id, period_start)[:2],
-            args=[
-                durable.used_tokens,
-                durable.extra_tokens,
-                durable.used_cost_nanos,
-                _ttl(period_end),
-            ],
-        )
+        quota, held, _ = _keys(user_id, period_start)
+        unseeded = quota + ":unseeded"
+        for _ in range(_SEED_ATTEMPTS):
+            before = await self._redis.get(unseeded) or "0"
+            pending = await self._undrained(user_id, period_start)
+            durable, counted = await seed_snapshot(self._db, user_id, period_start, list(pending))
+            tokens, cost = durable.used_tokens, durable.used_cost_nanos
+            for settlement_id, (t, c) in pending.items():
+                if settlement_id not in counted:
+                    tokens, cost = tokens + t, cost + c
+            seeded = await self._seed(
+                keys=[quota, held, unseeded],
+                args=[tokens, durable.extra_tokens, cost, _ttl(period_end), before],
+            )
+            if seeded:
+                return
+        raise RedisError("the quota key could not be seeded: settles kept arriving")
+
+    async def _undrained(
+        self, user_id: uuid.UUID, period_start: datetime
+    ) -> dict[uuid.UUID, tuple[int, int]]:
+        """The period's settlements still in the stream (drained or not): id -> tokens, cost."""
+        user, period = str(user_id), period_start.isoformat()
+        found: dict[uuid.UUID, tuple[int, int]] = {}
+        start = "-"
+        while True:
+            page: Any = await self._redis.xrange(self.stream, min=start, count=_PAGE)
+            for _, fields in page:
+                if fields and fields.get("u") == user and fields.get("p") == period:
+                    found[uuid.UUID(fields["r"])] = (int(fields["t"]), int(fields["c"]))
+            if len(page) < _PAGE:
+                return found
+            start = "(" + page[-1][0]
 
     async def settle(
         self,
@@ -220,13 +284,26 @@ class RedisQuotaStore:
         used_cost_nanos: int,
         record: dict[str, Any] | None = None,
     ) -> SettleResult:
-        """Replace the reservation by actual usage, once per reservation id. ``record`` is
-        written with the durable copy, in its database transaction (not in Redis's script: a
-        crash between the two leaves Redis counting usage the ledger does not have until Redis
-        is re-seeded from the copy)."""
+        """Replace the reservation by actual usage, once per reservation id, and append the
+        settlement with its ``record`` to the settle stream in the same script: one atomic
+        Redis step; the drainer writes it to the database (a duplicate appends nothing: the
+        first settle's entry is in the stream or already drained)."""
         r = reservation
+        quota, held, rate = _keys(r.user_id, r.period_start)
+        entry = entry_fields(
+            Settlement(
+                r.id, r.user_id, r.period_start, r.period_end, used_tokens, used_cost_nanos, record
+            )
+        )
         removed = await self._settle(
-            keys=[*_keys(r.user_id, r.period_start), f"kiban:settled:{{{r.user_id}}}:{r.id.hex}"],
+            keys=[
+                quota,
+                held,
+                rate,
+                f"kiban:settled:{{{r.user_id}}}:{r.id.hex}",
+                quota + ":unseeded",
+                self.stream,
+            ],
             args=[
                 _member(r),
                 used_tokens,
@@ -236,18 +313,9 @@ class RedisQuotaStore:
                 r.tokens,
                 r.cost_nanos,
                 int(SETTLEMENT_RETENTION.total_seconds()),
+                _ttl(r.period_end),
+                *(item for pair in entry.items() for item in pair),
             ],
-        )
-        # The durable copy, what a re-seeded key starts from: also once per reservation id, and
-        # written even when Redis had it already (a retry after this step failed).
-        await self._db.add_used(
-            r.id,
-            r.user_id,
-            r.period_start,
-            r.period_end,
-            tokens=used_tokens,
-            cost_nanos=used_cost_nanos,
-            record=record,
         )
         return "duplicate" if removed == -1 else "settled" if removed else "late"
 
@@ -290,5 +358,7 @@ class RedisQuotaStore:
         return 0
 
     async def close(self) -> None:
+        """Drain the settle stream (bounded), then close Redis and the database."""
+        await self.drainer.close()
         await self._redis.aclose()
         await self._db.close()

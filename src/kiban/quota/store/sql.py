@@ -28,9 +28,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    Table,
     Uuid,
     bindparam,
     delete,
@@ -44,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from kiban.core import clock
 from kiban.core.db import create_sessionmaker, sqlite_pragmas
+from kiban.core.metrics import LEDGER_WRITTEN
 from kiban.models import UsageRecord
 from kiban.models.base import UTCDateTime
 from kiban.quota.store.base import (
@@ -73,9 +75,14 @@ from kiban.quota.store.sql_statements import (
     take_statement,
 )
 from kiban.quota.store.sqlite_fast_path import KeyRow, RawSqlite, TakenRow
-from kiban.usage import UPSERTS, rollup_rows, upsert_statement, write_records
+from kiban.usage import UPSERTS, rollup_rows, upsert_statement
 
 _MAX_ATTEMPTS = 4
+_LEDGER_DEFAULTS = {
+    column.name: cast(Any, column.default).arg
+    for column in cast(Table, UsageRecord.__table__).columns
+    if column.default is not None and column.default.is_scalar
+}
 
 
 class SqlQuotaStore:
@@ -83,6 +90,7 @@ class SqlQuotaStore:
 
     def __init__(self, engine: AsyncEngine, transient: AsyncEngine | None = None) -> None:
         self._owned = engine
+        self.dialect: str = engine.dialect.name
         # Reservations and rate windows are transient: if the database server crashes they are
         # worth nothing anyway, so on PostgreSQL they commit without waiting for the WAL flush
         # (``synchronous_commit=off``: an fsync per request saved). Settlements, which record
@@ -154,11 +162,16 @@ class SqlQuotaStore:
         return cls(create_async_engine(url, **options), transient)
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction that takes SQLite's write lock up front (no upgrade deadlock)."""
+    async def write_transaction(
+        self, isolation: str = "READ COMMITTED"
+    ) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that takes SQLite's write lock up front (no upgrade deadlock).
+
+        ``isolation`` is PostgreSQL's; SQLite's ``BEGIN IMMEDIATE`` is serializable anyway.
+        """
         if self._pg:
             async with self._owned.connect() as conn:
-                await conn.execution_options(isolation_level="READ COMMITTED")
+                await conn.execution_options(isolation_level=isolation)
                 async with conn.begin():
                     yield conn
             return
@@ -167,7 +180,10 @@ class SqlQuotaStore:
             try:
                 yield conn
             except BaseException:
-                await conn.exec_driver_sql("ROLLBACK")
+                try:
+                    await conn.exec_driver_sql("ROLLBACK")
+                except Exception:  # (a cancelled statement) never hide the original error
+                    await conn.invalidate()
                 raise
             await conn.exec_driver_sql("COMMIT")
 
@@ -304,7 +320,10 @@ class SqlQuotaStore:
             return "settled" if held else "late"
 
         # One hop for the whole transaction, the ledger record included (RawSqlite.in_one_hop).
-        return await self._raw.in_one_hop(work)
+        result = await self._raw.in_one_hop(work)
+        if record is not None and result != "duplicate":
+            LEDGER_WRITTEN.inc()
+        return result
 
     def _ledger_writes(self, record: dict[str, Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """The record's rollups and its ledger row as raw SQLite statements and their rows."""
@@ -316,6 +335,9 @@ class SqlQuotaStore:
                     partial(upsert_statement, "sqlite", table, keys, figures),
                 )
                 writes.append((upsert.sql, [upsert.bind_typed(row) for row in rows]))
+        # Bound by hand, not through SQLAlchemy's execution: the columns' Python-side defaults
+        # (a column the record does not name) are filled in here, as an ORM insert would.
+        record = {**_LEDGER_DEFAULTS, **record}
         columns = tuple(record)
         insert_record = self._raw.prepare_once(
             f"ledger:{','.join(columns)}",
@@ -337,7 +359,10 @@ class SqlQuotaStore:
             held = (
                 await conn.execute(statement, pg_settle_params(params, record, rollups))
             ).scalar()
-        return "duplicate" if held is None else "settled" if held else "late"
+        if held is None:
+            return "duplicate"  # its record was written with the first
+        LEDGER_WRITTEN.inc()
+        return "settled" if held else "late"
 
     # --- expiry, reads, grants -----------------------------------------------------------------
 
@@ -356,7 +381,7 @@ class SqlQuotaStore:
         condition = R.c.expires_at <= now
         if period_id is not None:
             condition = condition & (R.c.period_id == period_id)
-        async with self._write() as conn:
+        async with self.write_transaction() as conn:
             rows = (
                 await conn.execute(
                     delete(R).where(condition).returning(R.c.period_id, R.c.tokens, R.c.cost_nanos)
@@ -425,7 +450,7 @@ class SqlQuotaStore:
         self, user_id: uuid.UUID, period_start: datetime, period_end: datetime, extra: int
     ) -> None:
         """Grant ``extra`` tokens on top of the plan for this period (replaces earlier grants)."""
-        async with self._write() as conn:
+        async with self.write_transaction() as conn:
             await self._create_period(conn, user_id, period_start, period_end, clock.now())
             await conn.execute(
                 update(P)
@@ -438,40 +463,8 @@ class SqlQuotaStore:
     ) -> None:
         """Nothing to do: the database row is the authority."""
 
-    async def add_used(
-        self,
-        settlement_id: uuid.UUID,
-        user_id: uuid.UUID,
-        period_start: datetime,
-        period_end: datetime,
-        *,
-        tokens: int,
-        cost_nanos: int,
-        record: dict[str, Any] | None = None,
-    ) -> bool:
-        """Record a settlement's usage without a reservation (the Redis store's durable copy),
-        once per ``settlement_id``, with its ledger ``record``; False when it was recorded
-        before."""
-        now = clock.now()
-        statement = (
-            update(P)
-            .where(P.c.user_id == user_id, P.c.period_start == period_start)
-            .values(
-                used_tokens=P.c.used_tokens + tokens,
-                used_cost_nanos=P.c.used_cost_nanos + cost_nanos,
-                updated_at=now,
-            )
-        )
-        async with self._write() as conn:
-            fresh = await conn.execute(self._record_settlement, {"rid": settlement_id, "now": now})
-            if fresh.first() is None:
-                return False
-            if (await conn.execute(statement)).rowcount == 0:
-                await self._create_period(conn, user_id, period_start, period_end, now)
-                await conn.execute(statement)
-            if record is not None:
-                await write_records(conn, [record])
-        return True
+    async def start(self) -> None:
+        """Nothing runs in the background of the database store (the sweeper is the app's)."""
 
     async def close(self) -> None:
         if not self._pg:
