@@ -47,6 +47,7 @@ from gateway_overhead import BODY, count_records, free_port, prepare, start, wai
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_DIR = ROOT.parent / "shared" / "bench" / "floor"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+LITELLM_KEY = "sk-litellm-bench-master-key"
 
 
 def ensure_wrk() -> str:
@@ -196,7 +197,9 @@ async def main(args: argparse.Namespace) -> None:
             f"      model: openai/gpt-4o-mini\n      api_base: {upstream_url}\n"
             "      api_key: sk-bench\n"
         )
-        litellm_env = {**env, "LITELLM_LOG": "ERROR"}
+        # Its proxy refuses to start without a master key (1.108): the clients present it, an
+        # in-memory comparison, as kiban's cached key is.
+        litellm_env = {**env, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY}
         command = [args.litellm, "--config", str(config), "--host", "127.0.0.1"]
         processes.append(
             _logged([*command, *port(litellm_port)], litellm_env, workdir / "litellm.log")
@@ -212,7 +215,7 @@ async def main(args: argparse.Namespace) -> None:
     if not floor:
         del targets["floor"]
     if args.litellm:
-        targets["litellm"] = (f"http://127.0.0.1:{litellm_port}/v1/chat/completions", "sk-any")
+        targets["litellm"] = (f"http://127.0.0.1:{litellm_port}/v1/chat/completions", LITELLM_KEY)
     servers = {"kiban": processes[-1]} | ({"litellm": processes[-2]} if args.litellm else {})
     kiban_runs: list[dict[str, float]] = []
     try:

@@ -37,6 +37,9 @@ def create_engine(database_url: str, *, pool_size: int = 10, echo: bool = False)
     )
 
 
+SQLITE_MMAP_BYTES = 1 << 30  # address space, not memory: pages are the OS cache's, shared
+
+
 def sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # WAL lets readers proceed while one writer commits; busy_timeout waits instead of failing
     # with "database is locked" when two writers meet.
@@ -45,6 +48,9 @@ def sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Read the file through a memory map (shared by every connection, no read() call per page):
+    # a 100,000-chunk index searched from the OS cache page by page took twice as long.
+    cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cursor.close()
 
 
