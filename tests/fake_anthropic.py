@@ -59,6 +59,9 @@ def _text(content: Any) -> str:
     return " ".join(parts)
 
 
+MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")  # what GET /v1/models lists
+
+
 @dataclass
 class FakeAnthropic:
     reply: str = DEFAULT_REPLY
@@ -162,6 +165,14 @@ class FakeAnthropic:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["method"] == "GET" and scope["path"] == "/v1/models":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if self.key is not None and headers.get("x-api-key") != self.key:
+                await _error(send, 401, "invalid x-api-key")
+                return
+            listed = [{"type": "model", "id": m, "display_name": m} for m in MODELS]
+            await _json(send, 200, {"data": listed, "has_more": False})
+            return
         if scope["method"] != "POST" or scope["path"] != "/v1/messages":
             await _error(send, 404, "not found")
             return

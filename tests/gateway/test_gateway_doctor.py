@@ -9,6 +9,7 @@ import pytest
 from kiban.core.doctor import DoctorContext
 from kiban.gateway.doctor import check_deployments
 from kiban.settings import Settings
+from tests.fake_anthropic import FakeAnthropic
 from tests.gateway.gateway_helpers import FakeUpstream, Fault
 from tests.gateway.test_gateway_routing import closed_port, write_models
 
@@ -67,3 +68,27 @@ async def test_a_bad_models_file_is_a_failure_not_a_crash(tmp_path: Path) -> Non
     path = write_models(tmp_path / "models.toml", {"x": {"base_url": "nope"}}, "")
     [(status, title)] = await check(path)
     assert (status, title) == ("fail", "the models file is misconfigured")
+
+
+async def test_an_anthropic_deployment_is_probed_the_anthropic_way(
+    tmp_path: Path, anthropic_upstream: FakeAnthropic
+) -> None:
+    path = write_models(
+        tmp_path / "models.toml",
+        {
+            "claude": {
+                "kind": "anthropic",
+                "base_url": anthropic_upstream.base_url,
+                "api_key_env": "KIBAN_TEST_DOCTOR_ANTHROPIC_KEY",
+            }
+        },
+        '[models.c]\ndeployments = ["claude"]\nupstream_model = "claude-haiku-4-5"\n',
+    )
+    settings = Settings(_env_file=None, models_file=path, openai_api_key=None, default_model="c")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KIBAN_TEST_DOCTOR_ANTHROPIC_KEY", anthropic_upstream.key or "")
+        [ok] = await check_deployments(DoctorContext(settings))
+        assert (ok.status, "key accepted, 3 models listed" in ok.title) == ("ok", True)
+        patch.setenv("KIBAN_TEST_DOCTOR_ANTHROPIC_KEY", "sk-ant-wrong")
+        [refused] = await check_deployments(DoctorContext(settings))
+    assert (refused.status, refused.fix) == ("fail", "check KIBAN_TEST_DOCTOR_ANTHROPIC_KEY")

@@ -1,5 +1,7 @@
 """``kiban doctor`` check for the upstream deployments: each reachable, its key accepted, the
-models routed to it listed by its ``GET {base_url}/models``."""
+models routed to it listed by its model list (``GET {base_url}/models`` for an OpenAI-compatible
+deployment; Anthropic's ``GET {base_url}/v1/models`` with ``x-api-key`` and
+``anthropic-version``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import aiohttp
 
 from kiban.core.doctor import DoctorContext, Finding, doctor_check
 from kiban.gateway.deployments import Deployment
+from kiban.gateway.providers.anthropic import ANTHROPIC_VERSION
 from kiban.gateway.service import GatewayConfig
 from kiban.settings import ConfigurationError
 
@@ -47,17 +50,23 @@ async def _probe(
     session: aiohttp.ClientSession, deployment: Deployment, routed: list[str]
 ) -> Finding:
     name = f"deployment {deployment.name!r} ({deployment.kind}, {deployment.base_url})"
-    key_hint = deployment.api_key_env or "OPENAI_API_KEY"
     headers = {"Accept": "application/json"}
-    if deployment.api_key:
-        headers["Authorization"] = f"Bearer {deployment.api_key}"
+    if deployment.kind == "anthropic":
+        key_hint = deployment.api_key_env or "ANTHROPIC_API_KEY"
+        url = f"{deployment.base_url}/v1/models"
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if deployment.api_key:
+            headers["x-api-key"] = deployment.api_key
+    else:
+        key_hint = deployment.api_key_env or "OPENAI_API_KEY"
+        url = f"{deployment.base_url}/models"
+        if deployment.api_key:
+            headers["Authorization"] = f"Bearer {deployment.api_key}"
     timeout = aiohttp.ClientTimeout(
         total=_PROBE_SECONDS, sock_connect=deployment.connect_timeout_seconds
     )
     try:
-        async with session.get(
-            f"{deployment.base_url}/models", headers=headers, timeout=timeout
-        ) as response:
+        async with session.get(url, headers=headers, timeout=timeout) as response:
             status = response.status
             body = await response.json(content_type=None) if status < 400 else None
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -65,7 +74,8 @@ async def _probe(
             "fail",
             f"{name}: unreachable",
             f"{type(e).__name__}: {e}",
-            "check its base_url (or OPENAI_BASE_URL) and that the server is running",
+            "check its base_url (or OPENAI_BASE_URL / ANTHROPIC_BASE_URL) and that the server "
+            "is running",
         )
     if status in (401, 403):
         return Finding(
