@@ -432,7 +432,8 @@ async def test_the_redis_quota_backend_records_the_deployment_and_attempts(
         for _ in range(4):
             assert await ask(client) == DEFAULT_REPLY
         records = await ledger(app)
-    assert [(r.deployment, r.attempts) for r in records] == [("b", 2), ("b", 1), ("b", 2), ("b", 1)]
+    # Which requests met 'a' first depends on the round robin's turn, not on the backend.
+    assert sorted((r.deployment, r.attempts) for r in records) == [("b", 1)] * 2 + [("b", 2)] * 2
     await assert_quota_matches_ledger(app, user, records)
 
 
