@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 from sqlalchemy import select
 
-from gateway_overhead import BODY, free_port, percentile, prepare, start, wait_for
+from gateway_overhead import (
+    BODY,
+    free_port,
+    generous_plans,
+    percentile,
+    prepare,
+    start,
+    wait_for,
+)
 from kiban.core.db import create_engine, create_sessionmaker
 from kiban.models import UsageRecord
 
@@ -51,20 +58,6 @@ def models_file(workdir: Path, bad_url: str, good_url: str) -> Path:
         '[models."gpt-4o-mini"]\ndeployments = ["bad", "good"]\n'
         "context_window = 128000\nmax_output_tokens = 16384\n"
     )
-    return path
-
-
-def generous_plans(workdir: Path) -> Path:
-    plans = (ROOT / "src/kiban/billing/plans.toml").read_text()
-    for field, value in (
-        ("monthly_tokens", "1_000_000_000_000"),
-        ("monthly_cost_usd", "1_000_000.0"),
-        ("requests_per_minute", "10_000_000"),
-        ("tokens_per_minute", "1_000_000_000_000"),
-    ):
-        plans = re.sub(rf"^{field} = .*$", f"{field} = {value}", plans, flags=re.M)
-    path = workdir / "plans.toml"
-    path.write_text(plans)
     return path
 
 

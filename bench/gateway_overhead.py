@@ -47,6 +47,22 @@ BODY = {
 }
 
 
+def generous_plans(workdir: Path) -> Path:
+    """The shipped plans with limits no bench reaches: they measure the admission's cost, not its
+    refusals."""
+    text = (Path(__file__).resolve().parents[1] / "src/kiban/billing/plans.toml").read_text()
+    for field, value in (
+        ("monthly_tokens", "1_000_000_000_000"),
+        ("monthly_cost_usd", "1_000_000.0"),
+        ("requests_per_minute", "100_000_000"),
+        ("tokens_per_minute", "1_000_000_000_000"),
+    ):
+        text = re.sub(rf"^{field} = .*$", f"{field} = {value}", text, flags=re.M)
+    path = workdir / "plans.toml"
+    path.write_text(text)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -42,7 +42,15 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from gateway_overhead import BODY, count_records, free_port, prepare, start, wait_for
+from gateway_overhead import (
+    BODY,
+    count_records,
+    free_port,
+    generous_plans,
+    prepare,
+    start,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_DIR = ROOT.parent / "shared" / "bench" / "floor"
@@ -120,21 +128,6 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _plans(workdir: Path) -> Path:
-    # Generous limits: this measures the admission's cost, not its refusals.
-    text = (ROOT / "src/kiban/billing/plans.toml").read_text()
-    for field, value in (
-        ("monthly_tokens", "1_000_000_000_000"),
-        ("monthly_cost_usd", "1_000_000.0"),
-        ("requests_per_minute", "100_000_000"),
-        ("tokens_per_minute", "1_000_000_000_000"),
-    ):
-        text = re.sub(rf"^{field} = .*$", f"{field} = {value}", text, flags=re.M)
-    path = workdir / "plans.toml"
-    path.write_text(text)
-    return path
-
-
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kiban-wrk-"))
     wrk = Wrk(ensure_wrk(), workdir)
@@ -148,7 +141,7 @@ async def main(args: argparse.Namespace) -> None:
         KIBAN_ENV="development",
         KIBAN_DATABASE_URL=database_url,
         KIBAN_SECRET_KEY="bench-secret-key-that-is-long-enough-0123456789",
-        KIBAN_PLANS_FILE=str(_plans(workdir)),
+        KIBAN_PLANS_FILE=str(generous_plans(workdir)),
         KIBAN_OPENAI_BASE_URL=upstream_url,
         KIBAN_OPENAI_API_KEY="sk-bench",
         KIBAN_LOG_LEVEL="WARNING",

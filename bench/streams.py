@@ -31,10 +31,10 @@ import orjson
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from gateway_overhead import BODY, free_port, percentile, prepare, start, wait_for
+from gateway_overhead import BODY, free_port, generous_plans, percentile, prepare, start, wait_for
 from kiban.core.db import create_engine
 from kiban.models import QuotaPeriod, UsageRecord, User
-from saturation import _logged, _plans, peak_rss_mb
+from saturation import _logged, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ async def main(args: argparse.Namespace) -> None:
         KIBAN_ENV="development",
         KIBAN_DATABASE_URL=database_url,
         KIBAN_SECRET_KEY="bench-secret-key-that-is-long-enough-0123456789",
-        KIBAN_PLANS_FILE=str(_plans(workdir)),
+        KIBAN_PLANS_FILE=str(generous_plans(workdir)),
         KIBAN_OPENAI_BASE_URL=upstream_url,
         KIBAN_OPENAI_API_KEY="sk-bench",
         KIBAN_LOG_LEVEL="WARNING",
