@@ -33,6 +33,8 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class GatewayRoute(APIRoute):
+    """A route of the gateway's routers; its gateway calls skip FastAPI's dependency solving."""
+
     def get_route_handler(self) -> Handler:
         authenticate = self._gateway_call()
         if authenticate is None:
@@ -45,9 +47,6 @@ class GatewayRoute(APIRoute):
             return response
 
         return call
-
-    def _is_gateway_call(self) -> bool:
-        return self._gateway_call() is not None
 
     def _gateway_call(self) -> Callable[[Request], Awaitable[Principal]] | None:
         """How to authenticate an endpoint declaring exactly a request, a gateway principal
