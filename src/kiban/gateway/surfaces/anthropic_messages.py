@@ -16,13 +16,14 @@ import orjson
 
 from kiban.core.errors import AppError
 from kiban.gateway.call import Call, Outcome
-from kiban.gateway.exceptions import InvalidRequest, anthropic_error_type
+from kiban.gateway.exceptions import anthropic_error_type
 from kiban.gateway.flow import Answer, Intent, Limits, Surface
 from kiban.gateway.providers.base import CompletionStream, StreamChunk
 from kiban.gateway.providers.translate.anthropic_answers import EventWriter, event, message_json
 from kiban.gateway.providers.translate.anthropic_to_chat import for_openai, read_request
 from kiban.gateway.service import Gateway
 from kiban.gateway.streaming import StreamFormat
+from kiban.gateway.surfaces.body import decoded
 
 
 @dataclass
@@ -32,11 +33,7 @@ class MessagesIntent(Intent):
 
 def parse_messages(raw: bytes) -> MessagesIntent:
     """The request, checked and translated (400 naming the field otherwise)."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
-    request = read_request(data)
+    request = read_request(decoded(raw))
     return MessagesIntent(
         model=request.model,
         body=request.body,

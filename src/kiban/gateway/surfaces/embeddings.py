@@ -32,6 +32,7 @@ from kiban.gateway.exceptions import (
 from kiban.gateway.flow import Answer, Intent, Limits, Surface
 from kiban.gateway.providers.base import TokenUsage
 from kiban.gateway.service import Gateway
+from kiban.gateway.surfaces.body import json_object, optional_model
 from kiban.knowledge import Embedder, EmbeddingUnavailable
 from kiban.models import UsageStatus
 
@@ -53,15 +54,8 @@ def embedding_spec(embedder: Embedder) -> ModelSpec:
 
 def parse_embeddings(raw: bytes) -> Intent:
     """The request, checked (400 naming the field otherwise)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    body = json_object(raw)
+    model = optional_model(body)
     value = body.get("input")
     inputs = [value] if isinstance(value, str) else value
     if not isinstance(inputs, list) or not inputs:

@@ -23,6 +23,7 @@ from kiban.gateway.exceptions import InvalidRequest, openai_error_type
 from kiban.gateway.flow import Answer, Intent, Limits, Surface
 from kiban.gateway.providers.base import CompletionStream, StreamChunk
 from kiban.gateway.streaming import StreamFormat
+from kiban.gateway.surfaces.body import json_object, optional_model
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 DONE = b"data: [DONE]\n\n"
@@ -39,15 +40,8 @@ def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
 
 def parse_chat(raw: bytes) -> Intent:
     """The request, checked for what kiban relies on (400 naming the field otherwise)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    body = json_object(raw)
+    model = optional_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
