@@ -14,7 +14,7 @@ from kiban.gateway import grounding, tokenizer
 from kiban.gateway.catalog import load_catalog
 from kiban.gateway.pricing import Price, load_prices
 from kiban.gateway.providers.extractive import NO_ANSWER, answer, pieces
-from kiban.gateway.providers.openai import _retry_after
+from kiban.gateway.providers.http import retry_after
 from kiban.knowledge.service import RetrievedChunk
 from kiban.settings import ConfigurationError, Settings
 
@@ -119,10 +119,10 @@ def test_grounded_prompt_fences_documents_and_respects_the_budget() -> None:
 
 
 def test_retry_after_reads_seconds_milliseconds_and_dates() -> None:
-    assert _retry_after({"retry-after": "2"}) == 2.0
-    assert _retry_after({"retry-after-ms": "250"}) == 0.25
-    assert _retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    assert _retry_after({}) is None
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "250"}) == 0.25
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after({}) is None
 
 
 def test_models_file_without_upstream_serves_only_the_extractive_engine() -> None:

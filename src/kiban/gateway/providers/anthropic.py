@@ -14,14 +14,12 @@ provider raises (``UpstreamError``, ``UpstreamUnavailable`` with the upstream's 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 
-from kiban.core import clock
 from kiban.core.metrics import UPSTREAM_ERRORS
 from kiban.gateway.catalog import ModelSpec
 from kiban.gateway.deployments import Deployment
@@ -39,7 +37,7 @@ from kiban.gateway.providers.base import (
     StreamChunk,
     TokenUsage,
 )
-from kiban.gateway.providers.http import UpstreamPools
+from kiban.gateway.providers.http import UpstreamPools, drain, releaser, retry_after
 from kiban.gateway.providers.translate.chat_to_anthropic import (
     ChunkReader,
     anthropic_request,
@@ -50,7 +48,6 @@ from kiban.gateway.tokenizer import count_text
 from kiban.settings import Settings
 
 ANTHROPIC_VERSION = "2023-06-01"
-_DRAIN_SECONDS = 1.0
 
 
 class AnthropicProvider:
@@ -138,7 +135,7 @@ class AnthropicProvider:
         except TimeoutError as exc:
             UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
             raise UpstreamTimeout() from exc
-        stream = CompletionStream(model=spec, chunks=_empty(), release=_releaser(response))
+        stream = CompletionStream(model=spec, chunks=_empty(), release=releaser(response))
         stream.chunks = self._read_stream(stream, response, request)
         return stream
 
@@ -189,7 +186,7 @@ class AnthropicProvider:
                     break
             if not reader.done:
                 raise UpstreamError("The model provider ended the stream before finishing.")
-            await _drain(response)
+            await drain(response)
         except TimeoutError as exc:
             UPSTREAM_ERRORS.labels(self.name, "timeout").inc()
             raise UpstreamTimeout("The model provider stopped sending mid-stream.") from exc
@@ -217,36 +214,6 @@ async def _empty() -> AsyncIterator[StreamChunk]:
     yield  # pragma: no cover
 
 
-def _releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
-    async def release() -> None:
-        response.release()
-
-    return release
-
-
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read to the body's end after ``message_stop`` so the connection can be reused."""
-    try:
-        async with asyncio.timeout(_DRAIN_SECONDS):
-            await response.content.read()
-    except (TimeoutError, aiohttp.ClientError):
-        response.close()
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after`` (seconds or an HTTP date)."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - clock.now()).total_seconds())
-        except (TypeError, ValueError):
-            return None
-
-
 def _error_message(raw: bytes) -> str | None:
     """The ``error.message`` of an Anthropic error body (``None``: not one)."""
     try:
@@ -269,7 +236,7 @@ def _status_error(
             code="upstream_rejected_request",
         )
     if status in (429, 503, 529):  # 529: Anthropic's "overloaded"
-        return UpstreamUnavailable(retry_after=_retry_after(headers), upstream_status=status)
+        return UpstreamUnavailable(retry_after=retry_after(headers), upstream_status=status)
     if status in (408, 504):
         return UpstreamTimeout(upstream_status=status)
     if status in (401, 403):

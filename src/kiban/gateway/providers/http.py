@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from kiban.core import clock
 from kiban.settings import Settings
 
 # SSE lines are read whole; a long tool-call delta must not trip aiohttp's line limit (twice
@@ -68,3 +71,48 @@ def _env_proxy(base_url: str) -> str | None:
     if url.hostname and urllib.request.proxy_bypass(url.hostname):
         return None
     return urllib.request.getproxies().get(url.scheme)
+
+
+# --- what every provider does with a response -------------------------------------------------
+
+DRAIN_SECONDS = 1.0
+
+
+async def drain(response: aiohttp.ClientResponse) -> None:
+    """Read what follows a stream's last event (the body's end), so the connection can be
+    reused; an upstream that keeps the body open after it is not waited for."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await response.content.read()
+    except (TimeoutError, aiohttp.ClientError):
+        response.close()
+
+
+def releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    """A stream's ``release``: the connection back to the pool if its body was read to the end,
+    else closed."""
+
+    async def release() -> None:
+        response.release()
+
+    return release
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - clock.now()).total_seconds())
+        except (TypeError, ValueError):
+            return None

@@ -14,16 +14,13 @@ models are the router's (``kiban.gateway.routing``, decision 0070). Responses ar
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 import structlog
 
-from kiban.core import clock
 from kiban.core.metrics import UPSTREAM_ERRORS
 from kiban.gateway.catalog import ModelSpec
 from kiban.gateway.deployments import Deployment
@@ -41,12 +38,11 @@ from kiban.gateway.providers.base import (
     StreamChunk,
     TokenUsage,
 )
-from kiban.gateway.providers.http import UpstreamPools
+from kiban.gateway.providers.http import UpstreamPools, drain, releaser, retry_after
 from kiban.gateway.tokenizer import count_text
 from kiban.settings import Settings
 
 log = structlog.get_logger("kiban.gateway.openai")
-_DRAIN_SECONDS = 1.0
 
 
 class OpenAIProvider:
@@ -100,7 +96,7 @@ class OpenAIProvider:
         spec = request.model
         model_id = self.deployment.model_id(spec.upstream_model)
         response = await self._post(_upstream_body(request.body, model_id, stream=True))
-        stream = CompletionStream(model=spec, chunks=_empty(), release=_releaser(response))
+        stream = CompletionStream(model=spec, chunks=_empty(), release=releaser(response))
         stream.chunks = self._read_stream(stream, response, request)
         return stream
 
@@ -158,7 +154,7 @@ class OpenAIProvider:
                         stream.text_parts.append(text)
                 yield StreamChunk(text, payload, usage_only=usage is not None and not choices)
             if finished:
-                await _drain(response)
+                await drain(response)
             elif stream.finish_reason is None:
                 raise UpstreamError("The model provider ended the stream before finishing.")
         except TimeoutError as exc:  # aiohttp's read timeout is one
@@ -213,23 +209,6 @@ def _completion(raw: bytes, spec: ModelSpec, request: ProviderRequest) -> Comple
     return Completion(text=text, usage=usage, finish_reason=finish, model=spec, raw=raw)
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read what follows ``[DONE]`` (the body's end), so the connection can be reused; an upstream
-    that keeps the body open after it is not waited for."""
-    try:
-        async with asyncio.timeout(_DRAIN_SECONDS):
-            await response.content.read()
-    except (TimeoutError, aiohttp.ClientError):
-        response.close()
-
-
-def _releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
-    async def release() -> None:
-        response.release()  # closes the connection unless the body was read to its end
-
-    return release
-
-
 def _connection_error(provider: str) -> UpstreamUnavailable:
     UPSTREAM_ERRORS.labels(provider, "connection").inc()
     return UpstreamUnavailable("Could not reach the model provider.")
@@ -251,26 +230,6 @@ def _error_object(raw: bytes) -> Any:
     return body
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - clock.now()).total_seconds())
-        except (TypeError, ValueError):
-            return None
-
-
 def _status_error(
     status: int, headers: Mapping[str, str], body: Any, key_hint: str = "OPENAI_API_KEY"
 ) -> UpstreamFailure | InvalidRequest:
@@ -278,7 +237,7 @@ def _status_error(
     UPSTREAM_ERRORS.labels("openai", f"status_{status}").inc()
     detail = body.get("message") if isinstance(body, dict) else None
     code = body.get("code") if isinstance(body, dict) else None
-    wait = _retry_after(headers)
+    wait = retry_after(headers)
     if status == 429 and code == "insufficient_quota":
         return UpstreamError(
             "The model provider's account has no quota left.", upstream_status=status
