@@ -39,6 +39,7 @@ from gateway_overhead import (
     BODY,
     free_port,
     generous_plans,
+    kiban_command,
     percentile,
     prepare,
     start,
@@ -98,19 +99,7 @@ async def run(
             start([python, fake, "--port", str(bad_port), "--always-status", "500"], env)
         )
     # fault "refused": nothing listens on bad_port.
-    uvicorn = [python, "-m", "uvicorn", "--factory", "kiban.app:create_app", "--host"]
-    kiban = start(
-        [
-            *uvicorn,
-            "127.0.0.1",
-            "--port",
-            str(kiban_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env,
-    )
+    kiban = start(kiban_command(kiban_port), env)
     url = f"http://127.0.0.1:{kiban_port}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []

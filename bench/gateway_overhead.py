@@ -63,6 +63,14 @@ def generous_plans(workdir: Path) -> Path:
     return path
 
 
+def kiban_command(port: int) -> list[str]:
+    """kiban served by uvicorn on loopback, one worker, no access log (the benches' server)."""
+    return [
+        *(sys.executable, "-m", "uvicorn", "--factory", "kiban.app:create_app"),
+        *("--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"),
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,23 +189,7 @@ async def main(n: int, concurrency: int, seconds: float) -> None:
     upstream = start(
         [python, str(ROOT / "tests/fake_upstream.py"), "--port", str(upstream_port)], env
     )
-    kiban = start(
-        [
-            python,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "kiban.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(kiban_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env,
-    )
+    kiban = start(kiban_command(kiban_port), env)
     try:
         wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
         wait_for(f"http://127.0.0.1:{kiban_port}/healthz")

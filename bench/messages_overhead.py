@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 
-from gateway_overhead import count_records, free_port, prepare, start, wait_for
+from gateway_overhead import count_records, free_port, kiban_command, prepare, start, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Say something short about foxes."
@@ -143,23 +143,7 @@ async def main(n: int) -> None:
         start([python, "-m", "tests.fake_upstream", "--port", str(openai_port)], env),
         start([python, "-m", "tests.fake_anthropic", "--port", str(anthropic_port)], env),
     ]
-    kiban = start(
-        [
-            python,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "kiban.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(kiban_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env,
-    )
+    kiban = start(kiban_command(kiban_port), env)
     sent = 0
     try:
         wait_for(f"{openai_url}/v1/models")
